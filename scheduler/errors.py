@@ -1,0 +1,127 @@
+"""Errors the services raise, and how the HTTP layer answers them.
+
+Every error body has Litestar's shape, ``{"status_code", "detail", "extra"}``; for bad input
+``extra`` lists ``{"key": field, "message": reason}`` so a client can point at the field.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.openapi.datastructures import ResponseSpec
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+log = logging.getLogger("scheduler.errors")
+
+
+class Invalid(Exception):
+    """Input that cannot be accepted; names the field."""
+
+    status_code = 400
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(Exception):
+    status_code = 404
+
+
+class Conflict(Exception):
+    status_code = 409
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+class Forbidden(Exception):
+    status_code = 403
+
+
+def _body(status: int, detail: str, field: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"status_code": status, "detail": detail}
+    if field is not None:
+        body["extra"] = [{"key": field, "message": detail.split(": ", 1)[-1]}]
+    return body
+
+
+def invalid_handler(_: Request[Any, Any, Any], exc: Invalid) -> Response[object]:
+    return Response(_body(400, f"{exc.field}: {exc.reason}", exc.field), status_code=400)
+
+
+def not_found_handler(_: Request[Any, Any, Any], exc: NotFound) -> Response[object]:
+    return Response(_body(404, str(exc) or "not found"), status_code=404)
+
+
+def conflict_handler(_: Request[Any, Any, Any], exc: Conflict) -> Response[object]:
+    detail = f"{exc.field}: {exc.reason}" if exc.field else exc.reason
+    return Response(_body(409, detail, exc.field), status_code=409)
+
+
+def forbidden_handler(_: Request[Any, Any, Any], exc: Forbidden) -> Response[object]:
+    return Response(_body(403, str(exc) or "this token may not change that"), status_code=403)
+
+
+def integrity_handler(_: Request[Any, Any, Any], exc: IntegrityError) -> Response[object]:
+    log.warning("integrity error: %s", exc.orig)
+    return Response(_body(409, "the change conflicts with data already stored"), status_code=409)
+
+
+def operational_handler(_: Request[Any, Any, Any], exc: OperationalError) -> Response[object]:
+    log.error("database unavailable: %s", exc.orig)
+    return Response(
+        _body(503, "the database is busy or unavailable; try again"),
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+EXCEPTION_HANDLERS = {
+    Invalid: invalid_handler,
+    NotFound: not_found_handler,
+    Conflict: conflict_handler,
+    Forbidden: forbidden_handler,
+    IntegrityError: integrity_handler,
+    OperationalError: operational_handler,
+}
+
+
+class ErrorDetail(msgspec.Struct):
+    key: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    """The body of every 4xx and 5xx answer."""
+
+    status_code: int
+    detail: str
+    extra: list[ErrorDetail] | None = None
+
+
+_MEANINGS = {
+    400: "Bad input: `extra` names each field and the reason",
+    401: "No token, or an unknown one (send `Authorization: Bearer <token>`)",
+    403: "The token may not change this process",
+    404: "No such item (drafts are hidden from the public)",
+    409: "Conflicts with stored data (e.g. a slug already taken)",
+    413: "The request body is larger than max_body_bytes",
+    503: "The database is busy or down; retry after the Retry-After seconds",
+}
+
+
+def documented(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error answers a route can give."""
+    return {
+        code: ResponseSpec(
+            data_container=ErrorBody, description=_MEANINGS[code], generate_examples=False
+        )
+        for code in codes
+    }

@@ -1,0 +1,153 @@
+"""One frozen settings object, built once from TOML files and ``SCHEDULER_*`` variables.
+
+Order (later wins): ``config/default.toml``, the file named by ``SCHEDULER_CONFIG``, then
+environment variables. TOML tables flatten into ``table_key`` names, so ``[database] url``
+is the field ``database_url`` and the variable ``SCHEDULER_DATABASE_URL``. Unknown keys and
+bad values stop the start with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_type_hints
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.toml"
+ENV_PREFIX = "SCHEDULER_"
+
+_DB_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """A settings key is unknown or its value is unusable."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"setting {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str = ""
+    log_level: str = "info"
+    max_body_bytes: int = 1_048_576
+    database_url: str = "sqlite+aiosqlite:///var/scheduler.db"
+    database_busy_timeout_ms: int = 10_000
+    database_pool_size: int = 8
+    templates_dir: Path = PROJECT_ROOT / "config" / "templates"
+    data_dir: Path = PROJECT_ROOT / "var"
+    scheduler_enabled: bool = True
+
+    @property
+    def public_base_url(self) -> str:
+        return self.base_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed and validated again (handy in tests)."""
+        return _validated(dataclasses.replace(self, **changes))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TYPES: dict[str, Any] = get_type_hints(Settings)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, default_file: Path = DEFAULT_CONFIG
+) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if default_file.exists():
+        values.update(_read_toml(default_file))
+    extra = env.get(ENV_PREFIX + "CONFIG")
+    if extra:
+        path = Path(extra)
+        if not path.is_file():
+            raise SettingsError("SCHEDULER_CONFIG", f"no such file: {path}")
+        values.update(_read_toml(path))
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in _FIELDS:
+            raise SettingsError(name, "unknown setting")
+        values[key] = _coerce(name, _TYPES[key], raw)
+    typed = {key: _check_type(key, value) for key, value in values.items()}
+    return _validated(Settings(**typed))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(str(path), f"not valid TOML: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                flat[f"{key}_{sub}"] = sub_value
+        else:
+            flat[key] = value
+    for key in flat:
+        if key not in _FIELDS:
+            raise SettingsError(key, f"unknown setting in {path}")
+    return flat
+
+
+def _coerce(name: str, kind: Any, raw: str) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(name, f"expected true or false, got {raw!r}")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(name, f"expected a whole number, got {raw!r}") from None
+    if kind is Path:
+        return Path(raw)
+    return raw
+
+
+def _check_type(key: str, value: Any) -> Any:
+    kind = _TYPES[key]
+    if kind is Path and isinstance(value, str | Path):
+        path = Path(value)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SettingsError(key, f"expected a whole number, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise SettingsError(key, f"expected true or false, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise SettingsError(key, f"expected text, got {value!r}")
+    return value
+
+
+def _validated(settings: Settings) -> Settings:
+    if not 1 <= settings.port <= 65535:
+        raise SettingsError("port", f"must be between 1 and 65535, got {settings.port}")
+    if not settings.database_url.startswith(_DB_SCHEMES):
+        raise SettingsError("database_url", f"must start with one of {', '.join(_DB_SCHEMES)}")
+    if settings.log_level not in _LOG_LEVELS:
+        raise SettingsError("log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if settings.max_body_bytes < 1024:
+        raise SettingsError("max_body_bytes", "must be at least 1024")
+    if settings.database_pool_size < 1:
+        raise SettingsError("database_pool_size", "must be at least 1")
+    if settings.database_busy_timeout_ms < 0:
+        raise SettingsError("database_busy_timeout_ms", "must not be negative")
+    return settings
