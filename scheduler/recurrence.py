@@ -6,6 +6,7 @@ changes, so its UTC instant moves by an hour. Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
@@ -75,15 +76,47 @@ def normalize_rrule(text: str, tz_name: str) -> str:
         # isascii: str.isdigit() is also true of superscripts and non-Latin digits.
         if number is not None and not (number.isascii() and number.isdigit() and int(number) >= 1):
             raise BadRecurrence(f"{name} must be a positive whole number")
+    for name, (low, high) in _RANGES.items():
+        for number in parts[name].split(",") if name in parts else []:
+            if not _in_range(number, low, high):
+                raise BadRecurrence(f"{name} values must be whole numbers from {low} to {high}")
     if "UNTIL" in parts:
         parts["UNTIL"] = _until_utc(parts["UNTIL"], tz_name).strftime("%Y%m%dT%H%M%SZ")
     ordered = ["FREQ"] + [k for k in KNOWN_PARTS if k in parts and k != "FREQ"]
     canonical = ";".join(f"{k}={parts[k]}" for k in ordered)
+    probe_start = datetime(2000, 1, 1, 10, 0)  # noqa: DTZ001 (local wall time)
     try:
-        _build(canonical, datetime(2000, 1, 1, 10, 0), tz_name)  # noqa: DTZ001 (local wall time)
+        built = _build(canonical, probe_start, tz_name)
     except (ValueError, TypeError) as exc:
         raise BadRecurrence(str(exc)) from None
+    # A rule such as 30 February never occurs, and dateutil would search until year 9999
+    # (seconds of CPU in the event loop) before saying so: refuse it here.
+    if "BYMONTH" in parts and "BYMONTHDAY" in parts:
+        months = [int(m) for m in parts["BYMONTH"].split(",")]
+        days = [abs(int(d)) for d in parts["BYMONTHDAY"].split(",")]
+        if not any(d <= calendar.monthrange(2000, m)[1] for m in months for d in days):
+            raise BadRecurrence("the rule never produces a date (no such day in those months)")
+    bounded = built.replace(count=None, until=probe_start.replace(year=2100))
+    if next(iter(bounded), None) is None:
+        raise BadRecurrence("the rule never produces a date")
     return canonical
+
+
+_RANGES = {
+    "BYMONTH": (1, 12),
+    "BYMONTHDAY": (-31, 31),
+    "BYYEARDAY": (-366, 366),
+    "BYWEEKNO": (-53, 53),
+    "BYSETPOS": (-366, 366),
+}
+
+
+def _in_range(number: str, low: int, high: int) -> bool:
+    digits = number[1:] if number[:1] in "+-" else number
+    if not (digits.isascii() and digits.isdigit()):
+        return False
+    value = int(number)
+    return value != 0 and low <= value <= high
 
 
 def _until_utc(value: str, tz_name: str) -> datetime:

@@ -77,7 +77,12 @@ def test_normalize_rrule_until_local_date_is_end_of_that_day_in_utc() -> None:
         ("FREQ=DAILY;UNTIL=tomorrow", "UNTIL 'TOMORROW' is not a date"),
         ("FREQ=DAILY;UNTIL=20261301", "is not a date"),
         ("FREQ=WEEKLY;BYDAY=XX", "invalid 'BYDAY'"),  # refused by dateutil
-        ("FREQ=MONTHLY;BYMONTHDAY=abc", "invalid 'BYMONTHDAY'"),
+        ("FREQ=MONTHLY;BYMONTHDAY=abc", "BYMONTHDAY values must be whole numbers"),
+        ("FREQ=MONTHLY;BYMONTH=13", "BYMONTH values must be whole numbers from 1 to 12"),
+        ("FREQ=MONTHLY;BYMONTHDAY=40", "BYMONTHDAY values must be whole numbers"),
+        ("FREQ=MONTHLY;BYMONTHDAY=0", "BYMONTHDAY values must be whole numbers"),
+        ("FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30", "never produces a date"),
+        ("FREQ=YEARLY;BYMONTH=4,6;BYMONTHDAY=31,-31", "never produces a date"),
         ("FREQ=WEEKLY;WKST=XX", "invalid 'WKST'"),
     ],
 )
