@@ -17,7 +17,7 @@ from scheduler.milestones import visible_clause as milestones_visible
 from scheduler.models import Event, Milestone, Organizer, Process, utc_now
 from scheduler.processes import get_process
 
-ICS = "text/calendar; charset=utf-8"
+ICS = "text/calendar"  # Litestar adds "; charset=utf-8" to text/* types
 
 
 def event_entry(e: Event, base_url: NamedDependency[str]) -> CalendarEntry:

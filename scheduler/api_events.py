@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -16,9 +16,11 @@ from scheduler.auth import member_of, require
 from scheduler.cascades import Move
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
-from scheduler.fields import AwareDatetime
+from scheduler.fields import AwareDatetime, check_aware
 from scheduler.models import Event, Milestone, Organizer, utc_now
 from scheduler.organizers import process_ids_of, require_member
+from scheduler.outbox import OutboxWorker
+from scheduler.settings import Settings
 from scheduler.timezones import local_iso
 
 
@@ -44,6 +46,9 @@ class EventOut(msgspec.Struct):
     registration_opens_at: datetime | None
     registration_closes_at: datetime | None
     capacity: int | None
+    confirmation_required: bool
+    accreditation_required: bool
+    questions: list[dict[str, Any]]
     relative_to_id: int | None
     placement: dict[str, Any] | None
     pinned: bool
@@ -114,6 +119,9 @@ def event_out(e: Event) -> EventOut:
         registration_opens_at=e.registration_opens_at,
         registration_closes_at=e.registration_closes_at,
         capacity=e.capacity,
+        confirmation_required=e.confirmation_required,
+        accreditation_required=e.accreditation_required,
+        questions=e.questions,
         relative_to_id=e.relative_to_id,
         placement=e.rule,
         pinned=e.pinned,
@@ -173,6 +181,8 @@ class EventController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> EventPage:
+        check_aware("from", from_)
+        check_aware("to", to)
         if from_ is not None and to is not None and to <= from_:
             raise Invalid("to", "must be after from")
         flt = svc.EventFilter(process_id, kind, status, from_, to, limit, offset)
@@ -221,6 +231,8 @@ class EventController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
+        settings: NamedDependency[Settings],
+        worker: NamedDependency[OutboxWorker],
         event_id: FromPath[int],
         data: JSONBody[svc.EventPatch],
     ) -> EventChange:
@@ -228,8 +240,11 @@ class EventController(Controller):
         async with db.writer.begin() as session:
             event = await svc.get_event(session, event_id, await process_ids_of(session, who.id))
             await require_member(session, who, event.process_id)
-            moves = await svc.update_event(session, event, data, utc_now())
-            return EventChange(event=event_out(event), moved=await moves_out(session, moves))
+            hold = timedelta(minutes=settings.registration_hold_minutes)
+            moves = await svc.update_event(session, event, data, utc_now(), hold)
+            change = EventChange(event=event_out(event), moved=await moves_out(session, moves))
+        worker.kick()
+        return change
 
     @post(
         "/{event_id:int}/move",

@@ -14,7 +14,7 @@ from scheduler import milestones as svc
 from scheduler.auth import member_of, require
 from scheduler.database import Database
 from scheduler.errors import documented
-from scheduler.fields import AwareDatetime
+from scheduler.fields import AwareDatetime, check_aware
 from scheduler.models import Milestone, Organizer
 from scheduler.organizers import process_ids_of, require_member
 from scheduler.timezones import local_iso
@@ -76,6 +76,8 @@ class MilestoneController(Controller):
         from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
         to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
     ) -> list[MilestoneOut]:
+        check_aware("from", from_)
+        check_aware("to", to)
         visible = await member_of(db, organizer)
         async with db.reader() as session:
             rows = await session.scalars(svc.list_query(visible, process_id, kind, from_, to))

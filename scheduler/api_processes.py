@@ -18,7 +18,7 @@ from scheduler.auth import member_of, require
 from scheduler.cycle_templates import Template
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
-from scheduler.fields import AwareDatetime
+from scheduler.fields import AwareDatetime, check_aware
 from scheduler.models import Organizer, Process, utc_now
 from scheduler.organizers import require_member
 from scheduler.timezones import local_iso
@@ -159,6 +159,8 @@ class ProcessController(Controller):
         from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
         to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
     ) -> Timeline:
+        check_aware("from", from_)
+        check_aware("to", to)
         visible = await member_of(db, organizer)
         start = from_ or datetime(1970, 1, 1, tzinfo=utc_now().tzinfo)
         end = to or utc_now() + timedelta(days=365 * 20)

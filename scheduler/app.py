@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from litestar import Litestar
@@ -18,12 +19,20 @@ from scheduler.api_calendars import CalendarController
 from scheduler.api_events import EventController
 from scheduler.api_health import health
 from scheduler.api_milestones import MilestoneController
+from scheduler.api_notifications import NotificationController
 from scheduler.api_processes import ProcessController, TemplateController
+from scheduler.api_registrations import RegistrationController
 from scheduler.auth import provide_organizer
 from scheduler.clock import Clock
 from scheduler.cycle_templates import Template, load_templates
 from scheduler.database import Database, open_database
 from scheduler.errors import EXCEPTION_HANDLERS
+from scheduler.mail import make_sender
+from scheduler.manage_links import load_secret
+from scheduler.models import utc_now
+from scheduler.outbox import OutboxWorker
+from scheduler.registration_desk import RegistrationDesk
+from scheduler.registrations import expire_holds
 from scheduler.settings import Settings
 
 
@@ -33,17 +42,36 @@ def create_app(settings: Settings) -> Litestar:
     )
     db = open_database(settings)
     templates = load_templates(settings.templates_dir)
+    secret = load_secret(settings.secret_key, settings.data_dir)
     clock = Clock() if settings.scheduler_enabled else None
+    worker = OutboxWorker(db, make_sender(settings), settings, secret, settings.public_base_url)
+    hold = timedelta(minutes=settings.registration_hold_minutes)
+    desk = RegistrationDesk(db, hold, after_commit=worker.kick)
+
+    async def release_expired_holds() -> None:
+        async with db.writer.begin() as session:
+            released = await expire_holds(session, utc_now(), hold)
+        if released:
+            worker.kick()
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        desk.start()
+        worker.start()
         if clock is not None:
+            worker.schedule(clock)
+            clock.scheduler.add_job(
+                release_expired_holds, "interval", seconds=60, id="expire-holds",
+                replace_existing=True,
+            )  # fmt: skip
             clock.start()
         try:
             yield
         finally:
             if clock is not None:
                 clock.shutdown()
+            await desk.stop()
+            await worker.stop()
             await db.dispose()
 
     def provide_db(state: State) -> Database:
@@ -62,7 +90,27 @@ def create_app(settings: Settings) -> Litestar:
         value: str = state.settings.public_base_url
         return value
 
+    def provide_settings(state: State) -> Settings:
+        value: Settings = state.settings
+        return value
+
+    def provide_desk(state: State) -> RegistrationDesk:
+        value: RegistrationDesk = state.desk
+        return value
+
+    def provide_worker(state: State) -> OutboxWorker:
+        value: OutboxWorker = state.worker
+        return value
+
+    def provide_secret(state: State) -> bytes:
+        value: bytes = state.secret
+        return value
+
     dependencies: dict[str, Any] = {
+        "settings": Provide(provide_settings, sync_to_thread=False),
+        "desk": Provide(provide_desk, sync_to_thread=False),
+        "worker": Provide(provide_worker, sync_to_thread=False),
+        "secret": Provide(provide_secret, sync_to_thread=False),
         "db": Provide(provide_db, sync_to_thread=False),
         "clock": Provide(provide_clock, sync_to_thread=False),
         "templates": Provide(provide_templates, sync_to_thread=False),
@@ -77,9 +125,21 @@ def create_app(settings: Settings) -> Litestar:
             EventController,
             MilestoneController,
             CalendarController,
+            RegistrationController,
+            NotificationController,
         ],
         dependencies=dependencies,
-        state=State({"settings": settings, "db": db, "clock": clock, "templates": templates}),
+        state=State(
+            {
+                "settings": settings,
+                "db": db,
+                "clock": clock,
+                "templates": templates,
+                "secret": secret,
+                "worker": worker,
+                "desk": desk,
+            }
+        ),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,

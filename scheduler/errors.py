@@ -45,6 +45,12 @@ class Forbidden(Exception):
     status_code = 403
 
 
+class Gone(Exception):
+    """A link that worked once and no longer does (an expired manage link)."""
+
+    status_code = 410
+
+
 def _body(status: int, detail: str, field: str | None = None) -> dict[str, object]:
     body: dict[str, object] = {"status_code": status, "detail": detail}
     if field is not None:
@@ -69,6 +75,10 @@ def forbidden_handler(_: Request[Any, Any, Any], exc: Forbidden) -> Response[obj
     return Response(_body(403, str(exc) or "this token may not change that"), status_code=403)
 
 
+def gone_handler(_: Request[Any, Any, Any], exc: Gone) -> Response[object]:
+    return Response(_body(410, str(exc) or "this link has expired"), status_code=410)
+
+
 def integrity_handler(_: Request[Any, Any, Any], exc: IntegrityError) -> Response[object]:
     log.warning("integrity error: %s", exc.orig)
     return Response(_body(409, "the change conflicts with data already stored"), status_code=409)
@@ -88,6 +98,7 @@ EXCEPTION_HANDLERS = {
     NotFound: not_found_handler,
     Conflict: conflict_handler,
     Forbidden: forbidden_handler,
+    Gone: gone_handler,
     IntegrityError: integrity_handler,
     OperationalError: operational_handler,
 }
@@ -111,7 +122,8 @@ _MEANINGS = {
     401: "No token, or an unknown one (send `Authorization: Bearer <token>`)",
     403: "The token may not change this process",
     404: "No such item (drafts are hidden from the public)",
-    409: "Conflicts with stored data (e.g. a slug already taken)",
+    409: "Conflicts with stored data or state (a slug taken, registration closed)",
+    410: "The link has expired",
     413: "The request body is larger than max_body_bytes",
     503: "The database is busy or down; retry after the Retry-After seconds",
 }

@@ -6,7 +6,7 @@ Services flush but never commit: the caller owns the transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -19,8 +19,10 @@ from scheduler.cascades import CascadeError, Item, Move, cascade, keep_wall_leng
 from scheduler.errors import Invalid, NotFound
 from scheduler.models import Event, Milestone, Process
 from scheduler.placement import Placement, PlacementError
+from scheduler.questions import Question, QuestionError, check_questions
 from scheduler.recurrence import BadRecurrence, check_exdates, last_end, normalize_rrule
-from scheduler.timezones import UnknownTimeZone, zone
+from scheduler.registrations import lock_events, promote_waiting
+from scheduler.timezones import UnknownTimeZone, to_local, wall_shift, zone
 
 EventKind = Literal[
     "review_forum",
@@ -53,6 +55,9 @@ class EventCreate(msgspec.Struct, forbid_unknown_fields=True):
     registration_opens_at: f.AwareDatetime | None = None
     registration_closes_at: f.AwareDatetime | None = None
     capacity: f.Capacity | None = None
+    confirmation_required: bool = True
+    accreditation_required: bool = False
+    questions: list[Question] = []
     relative_to_id: f.Id | None = None
     placement: f.PlacementRule | None = None
     pinned: bool = False
@@ -125,6 +130,7 @@ async def get_event(session: AsyncSession, event_id: int, member_of: set[int]) -
 
 
 async def create_event(session: AsyncSession, data: EventCreate) -> Event:
+    _check_dates(msgspec.structs.asdict(data))
     if await session.get(Process, data.process_id) is None:
         raise Invalid("process_id", f"no process {data.process_id}")
     event = Event(
@@ -144,6 +150,9 @@ async def create_event(session: AsyncSession, data: EventCreate) -> Event:
         registration_opens_at=_utc(data.registration_opens_at),
         registration_closes_at=_utc(data.registration_closes_at),
         capacity=data.capacity,
+        confirmation_required=data.confirmation_required,
+        accreditation_required=data.accreditation_required,
+        questions=_questions(data.questions),
         relative_to_id=data.relative_to_id,
         rule=data.placement,
         pinned=data.pinned,
@@ -155,7 +164,7 @@ async def create_event(session: AsyncSession, data: EventCreate) -> Event:
 
 
 async def update_event(
-    session: AsyncSession, event: Event, patch: EventPatch, now: datetime
+    session: AsyncSession, event: Event, patch: EventPatch, now: datetime, hold: timedelta
 ) -> list[Move]:
     """Apply a partial change; a new start or end is a move and cascades.
 
@@ -163,6 +172,7 @@ async def update_event(
     checked again; any failure raises and the caller's transaction rolls everything back.
     """
     changes = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not UNSET}
+    _check_dates(changes)
     new_start = changes.pop("start", None)
     new_end = changes.pop("end", None)
     exdates = changes.pop("exdates", None)
@@ -177,21 +187,33 @@ async def update_event(
             pin="pinned" not in changes,
         )
     renames = {"placement": "rule"}
+    if "questions" in changes:
+        changes["questions"] = _questions(changes["questions"])
+    old_capacity = event.capacity
     for key, value in changes.items():
         setattr(event, renames.get(key, key), _utc(value) if isinstance(value, datetime) else value)
     if "title" in changes:
         event.title = event.title.strip()
     replaced = "placement" in changes or "relative_to_id" in changes
     before = event.starts_at
-    await _check_and_normalize(
-        session,
-        event,
-        exdates if exdates is not None else parse_exdates(event),
-        place=replaced and not (new_start or new_end),
-    )
+    # No autoflush: a reference to a missing event must be refused by the check (naming
+    # the field), not by the database's foreign key while the check looks it up.
+    with session.no_autoflush:
+        await _check_and_normalize(
+            session,
+            event,
+            exdates if exdates is not None else parse_exdates(event),
+            place=replaced and not (new_start or new_end),
+        )
     if event.starts_at != before and not moves:
         # A new placement put the event elsewhere: its own dependents follow.
         moves = await move_event(session, event, event.starts_at, event.ends_at, now, pin=False)
+    if "capacity" in changes and (
+        event.capacity is None or (old_capacity is not None and event.capacity > old_capacity)
+    ):
+        # More seats: the first people waiting get them at once.
+        await lock_events(session, [event.id])
+        await promote_waiting(session, event, now, hold)
     event.sequence += 1
     await session.flush()
     return moves
@@ -212,6 +234,8 @@ async def move_event(
     An event moved by hand that was placed relative to another one is pinned, so a later
     move of its reference leaves it where the organizer put it.
     """
+    f.check_range("start", new_start)
+    f.check_range("end", new_end)
     items = await _process_items(session, event.process_id)
     try:
         moves = cascade(items, event.id, new_start, new_end, now)
@@ -232,7 +256,11 @@ async def move_event(
                 row.registration_opens_at += shift
             if row.registration_closes_at is not None:
                 row.registration_closes_at += shift
-            row.exdates = [_iso(_parse_utc(d) + shift) for d in row.exdates]
+            # Occurrences keep their local wall-clock time, so EXDATEs move by the local
+            # shift (a UTC shift would miss them when the move crosses a DST change).
+            wall = _wall(move.new_start, row.time_zone) - _wall(move.old_start, row.time_zone)
+            tz = row.time_zone
+            row.exdates = [_iso(wall_shift(_parse_utc(d), tz, wall)) for d in row.exdates]
             row.series_ends_at = _series_end(row)
         else:
             row = await session.get(Milestone, move.id)
@@ -247,6 +275,15 @@ async def move_event(
 
 
 async def delete_event(session: AsyncSession, event: Event) -> None:
+    # Items placed relative to the event keep their times and lose the rule (the foreign
+    # key only clears relative_to_id, which would leave a placement without a reference).
+    for row in [
+        *await session.scalars(select(Event).where(Event.relative_to_id == event.id)),
+        *await session.scalars(select(Milestone).where(Milestone.relative_to_id == event.id)),
+    ]:
+        row.relative_to_id = None
+        row.rule = None
+    await session.flush()
     await session.delete(event)
     await session.flush()
 
@@ -290,6 +327,8 @@ async def _check_and_normalize(
 
     With ``place``, an event that has a placement takes its times from the rule.
     """
+    if not event.title:
+        raise Invalid("title", "must not be blank")
     try:
         zone(event.time_zone)
     except UnknownTimeZone as exc:
@@ -318,8 +357,13 @@ async def _check_and_normalize(
         event.rule = placement.to_dict()
         if place:
             item = Item("event", 0, event.starts_at, event.ends_at, event.time_zone)
-            start = placement.start(ref.starts_at, ref.time_zone, event.time_zone)
-            end = placement.end(start, event.time_zone) or keep_wall_length(item, start)
+            try:
+                start = placement.start(ref.starts_at, ref.time_zone, event.time_zone)
+                end = placement.end(start, event.time_zone) or keep_wall_length(item, start)
+            except (ValueError, OverflowError):
+                raise Invalid("placement", "puts the event out of range") from None
+            f.check_range("placement", start)
+            f.check_range("placement", end)
             event.starts_at, event.ends_at = start, end or event.ends_at
     if event.ends_at <= event.starts_at:
         raise Invalid("end", "must be after start")
@@ -356,6 +400,25 @@ async def _reaches(session: AsyncSession, start_id: int, target_id: int, link: s
 def _series_end(event: Event) -> datetime | None:
     exdates = [_parse_utc(d) for d in event.exdates]
     return last_end(event.starts_at, event.ends_at, event.time_zone, event.rrule, exdates)
+
+
+def _check_dates(values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, datetime):
+            f.check_range(key, value)
+    for index, value in enumerate(values.get("exdates") or []):
+        f.check_range(f"exdates[{index}]", value)
+
+
+def _wall(instant: datetime, tz_name: str) -> datetime:
+    return to_local(instant, tz_name).replace(tzinfo=None)
+
+
+def _questions(questions: list[Question]) -> list[dict[str, Any]]:
+    try:
+        return check_questions(questions)
+    except QuestionError as exc:
+        raise Invalid(exc.field, exc.reason) from None
 
 
 def _utc(value: datetime | None) -> datetime | None:

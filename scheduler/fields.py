@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from msgspec import Meta
+
+from scheduler.errors import Invalid
 
 AwareDatetime = Annotated[
     datetime,
@@ -33,3 +35,31 @@ PlacementRule = Annotated[
         examples=[{"days": -1, "at": "10:00", "end_at": "18:00"}],
     ),
 ]
+
+
+# Instants outside this range are refused: near year 1 or 9999 the arithmetic of moves,
+# recurrences and calendar feeds overflows, and no review cycle needs them.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def check_range(field: str, value: datetime | None) -> None:
+    if value is None:
+        return
+    try:
+        ok = EARLIEST <= value.astimezone(UTC) < LATEST
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise Invalid(field, "must be between 1900 and 2199")
+
+
+def check_aware(field: str, value: datetime | None) -> None:
+    """Refuse a naive date-time given as a query parameter.
+
+    Litestar rebuilds a query parameter's type from its QueryParameter settings and drops
+    AwareDatetime's ``tz=True``, so a naive ``from``/``to`` would otherwise get through.
+    """
+    if value is not None and value.utcoffset() is None:
+        raise Invalid(field, "needs a UTC offset, e.g. 2026-05-05T10:00:00-04:00")
+    check_range(field, value)

@@ -82,6 +82,7 @@ async def get_milestone(session: AsyncSession, milestone_id: int, member_of: set
 
 
 async def create_milestone(session: AsyncSession, data: MilestoneCreate) -> Milestone:
+    f.check_range("due", data.due)
     if await session.get(Process, data.process_id) is None:
         raise Invalid("process_id", f"no process {data.process_id}")
     row = Milestone(
@@ -106,6 +107,7 @@ async def create_milestone(session: AsyncSession, data: MilestoneCreate) -> Mile
 async def update_milestone(session: AsyncSession, row: Milestone, patch: MilestonePatch) -> None:
     """Apply a partial change. A new due time set by hand pins a relative milestone."""
     changes = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not UNSET}
+    f.check_range("due", changes.get("due"))
     renames = {"placement": "rule", "due": "due_at"}
     for key, value in changes.items():
         if isinstance(value, datetime):
@@ -116,13 +118,16 @@ async def update_milestone(session: AsyncSession, row: Milestone, patch: Milesto
     if "title" in changes:
         row.title = row.title.strip()
     replaced = "placement" in changes or "relative_to_id" in changes
-    await _check(session, row, place=replaced and "due" not in changes)
+    with session.no_autoflush:  # a missing event is refused by _check, not by the FK
+        await _check(session, row, place=replaced and "due" not in changes)
     row.sequence += 1
     await session.flush()
 
 
 async def _check(session: AsyncSession, row: Milestone, *, place: bool = False) -> None:
     """Check a milestone, naming the field; with ``place`` its due time comes from the rule."""
+    if not row.title:
+        raise Invalid("title", "must not be blank")
     try:
         zone(row.time_zone)
     except UnknownTimeZone as exc:
@@ -146,4 +151,8 @@ async def _check(session: AsyncSession, row: Milestone, *, place: bool = False) 
         if place:
             ref = await session.get(Event, row.relative_to_id)
             assert ref is not None
-            row.due_at = placement.start(ref.starts_at, ref.time_zone, row.time_zone)
+            try:
+                row.due_at = placement.start(ref.starts_at, ref.time_zone, row.time_zone)
+            except (ValueError, OverflowError):
+                raise Invalid("placement", "puts the milestone out of range") from None
+            f.check_range("placement", row.due_at)

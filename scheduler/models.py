@@ -18,8 +18,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 EVENT_KINDS = (
     "review_forum",
@@ -42,6 +43,33 @@ MILESTONE_KINDS = (
 )
 MILESTONE_STATUSES = ("draft", "published", "cancelled")
 PROCESS_ROLES = ("owner", "organizer")
+CONSTITUENCIES = (
+    "civil_society",
+    "migrant_organisation",
+    "diaspora_organisation",
+    "member_state",
+    "un_entity",
+    "academia",
+    "private_sector",
+    "trade_union",
+    "nhri",
+    "local_authority",
+    "other",
+)
+# held: a seat kept for an unconfirmed person until hold_expires_at; confirmed: a seat;
+# waiting: on the waiting list (FIFO by waitlist_seq); pending_approval: accreditation.
+REGISTRATION_STATUSES = (
+    "held",
+    "confirmed",
+    "waiting",
+    "pending_approval",
+    "rejected",
+    "cancelled",
+    "expired",
+)
+SEAT_STATUSES = ("held", "confirmed")
+ACTIVE_STATUSES = ("held", "confirmed", "waiting", "pending_approval")
+NOTIFICATION_STATUSES = ("planned", "sending", "sent", "failed", "skipped", "cancelled")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -154,6 +182,11 @@ class Event(Base):
     registration_opens_at: Mapped[datetime | None]
     registration_closes_at: Mapped[datetime | None]
     capacity: Mapped[int | None]
+    # Registration rules: double opt-in (a seat counts once the mailed link is confirmed),
+    # accreditation (an organizer approves each organisation), the event's own questions.
+    confirmation_required: Mapped[bool] = mapped_column(Boolean, default=True)
+    accreditation_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    questions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # Placement relative to another event (set by templates, kept when that event moves).
     relative_to_id: Mapped[int | None] = mapped_column(
         ForeignKey("events.id", ondelete="SET NULL"), index=True
@@ -193,3 +226,125 @@ class Milestone(Base):
     sequence: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class Registration(Base):
+    """One person's registration for one event."""
+
+    __tablename__ = "registrations"
+    __table_args__ = (
+        Index("ix_registrations_event_status", "event_id", "status"),
+        Index("ix_registrations_waitlist", "event_id", "waitlist_seq"),
+        Index("ix_registrations_email", "email"),
+        # One live registration per email and event; a cancelled one does not block.
+        Index(
+            "uq_registrations_event_email_active",
+            "event_id",
+            "email",
+            unique=True,
+            sqlite_where=text("status IN ('held', 'confirmed', 'waiting', 'pending_approval')"),
+            postgresql_where=text("status IN ('held', 'confirmed', 'waiting', 'pending_approval')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    organisation: Mapped[str] = mapped_column(String(300), default="")
+    constituency: Mapped[str] = mapped_column(String(40))
+    country: Mapped[str] = mapped_column(String(3))
+    region: Mapped[str] = mapped_column(String(80), default="")
+    language: Mapped[str] = mapped_column(String(8))
+    time_zone: Mapped[str] = mapped_column(String(64))
+    answers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20))
+    waitlist_seq: Mapped[int | None]
+    hold_expires_at: Mapped[datetime | None]
+    confirmed_at: Mapped[datetime | None]
+    promoted_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+    decided_at: Mapped[datetime | None]
+    # Part of the manage-link signature: a new nonce revokes every link mailed before.
+    token_nonce: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class Accreditation(Base):
+    """An organisation approved for every event of a process until it expires."""
+
+    __tablename__ = "accreditations"
+    __table_args__ = (
+        Index("uq_accreditations_process_org", "process_id", "organisation_key", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
+    organisation_key: Mapped[str] = mapped_column(String(300))
+    organisation: Mapped[str] = mapped_column(String(300))
+    expires_at: Mapped[datetime]
+    approved_by: Mapped[int | None] = mapped_column(
+        ForeignKey("organizers.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class SpeakerRequest(Base):
+    """A registrant's request for the floor, and the organizer's decision and slot."""
+
+    __tablename__ = "speaker_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registration_id: Mapped[int] = mapped_column(
+        ForeignKey("registrations.id", ondelete="CASCADE"), unique=True
+    )
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    topic: Mapped[str] = mapped_column(String(300))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    language: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(20), default="requested")
+    position: Mapped[int | None]
+    slot_start: Mapped[datetime | None]
+    slot_end: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class Notification(Base):
+    """One message to one person: the outbox and the reminder ledger in one table.
+
+    Written in the same transaction as the change that causes it; a sender claims due
+    rows, delivers them and marks them sent, so a crash never loses a message.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    # Set where a message must exist at most once (e.g. one reminder per person and offset).
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    registration_id: Mapped[int | None] = mapped_column(
+        ForeignKey("registrations.id", ondelete="SET NULL"), index=True
+    )
+    # Lets a notification be added in the same flush as its new registration.
+    registration: Mapped[Registration | None] = relationship(lazy="raise")
+    event_id: Mapped[int | None] = mapped_column(
+        ForeignKey("events.id", ondelete="SET NULL"), index=True
+    )
+    recipient_email: Mapped[str] = mapped_column(String(320))
+    recipient_name: Mapped[str] = mapped_column(String(200), default="")
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="planned")
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    due_at: Mapped[datetime] = mapped_column(default=utc_now)
+    lease_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    sent_at: Mapped[datetime | None]

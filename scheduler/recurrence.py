@@ -87,7 +87,7 @@ def normalize_rrule(text: str, tz_name: str) -> str:
     probe_start = datetime(2000, 1, 1, 10, 0)  # noqa: DTZ001 (local wall time)
     try:
         built = _build(canonical, probe_start, tz_name)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise BadRecurrence(str(exc)) from None
     # A rule such as 30 February never occurs, and dateutil would search until year 9999
     # (seconds of CPU in the event loop) before saying so: refuse it here.
@@ -126,9 +126,9 @@ def _until_utc(value: str, tz_name: str) -> datetime:
         if "T" in value:
             return from_local(datetime.strptime(value, "%Y%m%dT%H%M%S"), tz_name)
         day = datetime.strptime(value, "%Y%m%d").date()
-    except ValueError:
+        return from_local(datetime.combine(day, time(23, 59, 59)), tz_name)
+    except (ValueError, OverflowError):
         raise BadRecurrence(f"UNTIL {value!r} is not a date or date-time") from None
-    return from_local(datetime.combine(day, time(23, 59, 59)), tz_name)
 
 
 def _build(rule: str, local_start: datetime, tz_name: str) -> du_rrule.rrule:

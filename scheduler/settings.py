@@ -45,6 +45,27 @@ class Settings:
     templates_dir: Path = PROJECT_ROOT / "config" / "templates"
     data_dir: Path = PROJECT_ROOT / "var"
     scheduler_enabled: bool = True
+    # Signs manage links; empty: a random key kept in data_dir/secret_key (one node only).
+    secret_key: str = ""
+    registration_hold_minutes: int = 2880
+    manage_link_days_after_event: int = 30
+    mail_enabled: bool = True
+    mail_transport: str = "maildir"
+    mail_from: str = "Forum Scheduler <noreply@forum-scheduler.localhost>"
+    mail_maildir: Path = PROJECT_ROOT / "var" / "mail"
+    mail_batch_size: int = 100
+    mail_max_attempts: int = 8
+    mail_retry_seconds: int = 30
+    mail_lease_seconds: int = 120
+    mail_sweep_seconds: int = 30
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_tls: bool = False
+    smtp_starttls: bool = False
+    smtp_pool_size: int = 4
+    smtp_timeout_seconds: int = 30
 
     @property
     def public_base_url(self) -> str:
@@ -148,6 +169,26 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError("max_body_bytes", "must be at least 1024")
     if settings.database_pool_size < 1:
         raise SettingsError("database_pool_size", "must be at least 1")
+    if settings.mail_transport not in ("maildir", "smtp"):
+        raise SettingsError("mail_transport", "must be maildir or smtp")
+    if settings.smtp_tls and settings.smtp_starttls:
+        raise SettingsError("smtp_starttls", "give smtp_tls or smtp_starttls, not both")
+    if "@" not in settings.mail_from or "\n" in settings.mail_from or "\r" in settings.mail_from:
+        raise SettingsError("mail_from", "must be an address such as Name <noreply@example.org>")
+    for key in (
+        "registration_hold_minutes",
+        "mail_batch_size",
+        "mail_max_attempts",
+        "mail_retry_seconds",
+        "mail_lease_seconds",
+        "mail_sweep_seconds",
+        "smtp_pool_size",
+        "smtp_timeout_seconds",
+    ):
+        if getattr(settings, key) < 1:
+            raise SettingsError(key, "must be at least 1")
+    if not 1 <= settings.smtp_port <= 65535:
+        raise SettingsError("smtp_port", "must be between 1 and 65535")
     if settings.database_busy_timeout_ms < 0:
         raise SettingsError("database_busy_timeout_ms", "must not be negative")
     return settings

@@ -108,7 +108,9 @@ class Api:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    async def new_token(self, name: str = "Other secretariat", slugs: list[str] | None = None) -> str:
+    async def new_token(
+        self, name: str = "Other secretariat", slugs: list[str] | None = None
+    ) -> str:
         db = open_database(self.settings)
         try:
             async with db.writer.begin() as session:

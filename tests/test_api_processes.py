@@ -165,7 +165,11 @@ async def test_instantiate_errors(api: Api) -> None:
     assert r.json()["extra"][0]["key"] == "template"
     r = await api.client.post(
         f"/api/processes/{pid}/instantiate",
-        json={"template": "imrf", "anchor_date": "2030-05-14", "anchor_start": "2030-05-14T10:00:00Z"},
+        json={
+            "template": "imrf",
+            "anchor_date": "2030-05-14",
+            "anchor_start": "2030-05-14T10:00:00Z",
+        },
         headers=api.auth,
     )
     assert r.status_code == 400

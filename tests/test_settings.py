@@ -80,7 +80,7 @@ def test_environment_overrides_files(default_file: Path, tmp_path: Path) -> None
     [
         ('colour = "blue"\n', "colour"),
         ('[database]\ncolour = "blue"\n', "database_colour"),
-        ('[smtp]\nhost = "mail"\n', "smtp_host"),
+        ('[smtp]\nhostname = "mail"\n', "smtp_hostname"),
     ],
 )
 def test_unknown_key_in_a_file_names_the_key(

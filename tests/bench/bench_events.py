@@ -69,7 +69,7 @@ KINDS = [
 ]
 ZONES = [
     "America/New_York",
-    "Europe/Geneva",
+    "Europe/Zurich",
     "Asia/Bangkok",
     "Africa/Addis_Ababa",
     "America/Santiago",
@@ -239,7 +239,7 @@ def running_server(env: dict[str, str], log_path: Path, base_url: str) -> Iterat
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us; we stop the server ourselves
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         try:
             wait_healthy(proc, base_url, log_path)
@@ -326,7 +326,7 @@ def seed(base_url: str, token: str) -> int:
     with httpx.Client(base_url=base_url, timeout=30) as client:
         r = client.post(
             "/api/processes",
-            json={"slug": "bench", "name": "Bench", "time_zone": "Europe/Geneva"},
+            json={"slug": "bench", "name": "Bench", "time_zone": "Europe/Zurich"},
             headers=auth,
         )
         if r.status_code != 201:
@@ -348,9 +348,7 @@ def seed(base_url: str, token: str) -> int:
 # --- main -----------------------------------------------------------------------------------
 
 
-def measure(
-    wrk: str, base_url: str, endpoints: list[Endpoint], args: argparse.Namespace
-) -> None:
+def measure(wrk: str, base_url: str, endpoints: list[Endpoint], args: argparse.Namespace) -> None:
     for round_no in range(1, args.rounds + 1):
         for ep in endpoints:
             url = base_url + ep.path

@@ -1,0 +1,545 @@
+"""Registrations: placing people in seats or on the waiting list, confirming, cancelling,
+promoting, accrediting. Every change that a person must hear about writes its message to the
+outbox in the same transaction.
+
+Services flush but never commit; the caller owns the transaction and, on PostgreSQL, the
+event row lock taken by ``lock_events`` keeps the seat counts exact across nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import iso3166
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from scheduler import fields as f
+from scheduler import outbox
+from scheduler.capacity import SeatCount, hold_until, place, registration_open, to_promote
+from scheduler.errors import Conflict, Invalid, NotFound
+from scheduler.manage_links import new_nonce
+from scheduler.models import (
+    ACTIVE_STATUSES,
+    SEAT_STATUSES,
+    Accreditation,
+    Event,
+    Registration,
+)
+from scheduler.questions import QuestionError, check_answers
+from scheduler.timezones import UnknownTimeZone, zone
+
+Language = Literal["en", "fr", "es", "ar"]
+Constituency = Literal[
+    "civil_society",
+    "migrant_organisation",
+    "diaspora_organisation",
+    "member_state",
+    "un_entity",
+    "academia",
+    "private_sector",
+    "trade_union",
+    "nhri",
+    "local_authority",
+    "other",
+]
+Email = Annotated[
+    str,
+    Meta(
+        max_length=320,
+        pattern=r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+\.[^@\s<>()\[\],;:\"\\]+$",
+        examples=["amina@example.org"],
+    ),
+]
+Country = Annotated[
+    str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3", examples=["KEN"])
+]
+PersonName = Annotated[str, Meta(min_length=1, max_length=200)]
+Region = Annotated[str, Meta(max_length=80)]
+
+
+class RegistrationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: PersonName
+    email: Email
+    constituency: Constituency
+    country: Country
+    language: Language
+    time_zone: f.ZoneName
+    organisation: f.ShortText = ""
+    region: Region = ""
+    answers: dict[str, Any] = {}
+
+
+class RegistrationUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """What a registrant may change through the manage link."""
+
+    name: PersonName | UnsetType = UNSET
+    organisation: f.ShortText | UnsetType = UNSET
+    region: Region | UnsetType = UNSET
+    language: Language | UnsetType = UNSET
+    time_zone: f.ZoneName | UnsetType = UNSET
+    answers: dict[str, Any] | UnsetType = UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a new registrant is told: where they stand."""
+
+    id: int
+    event_id: int
+    status: str
+    position: int | None
+    hold_expires_at: datetime | None
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def organisation_key(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def check_person(data: RegistrationCreate | RegistrationUpdate) -> None:
+    """Checks msgspec cannot express: a real country code and time zone, a real name."""
+    country = getattr(data, "country", UNSET)
+    if isinstance(country, str) and country not in iso3166.countries_by_alpha3:
+        raise Invalid("country", f"{country!r} is not an ISO 3166-1 alpha-3 code")
+    if isinstance(data.time_zone, str):
+        try:
+            zone(data.time_zone)
+        except UnknownTimeZone as exc:
+            raise Invalid("time_zone", str(exc)) from None
+    if isinstance(data.name, str) and not data.name.strip():
+        raise Invalid("name", "must not be blank")
+
+
+def clean_answers(event: Event, answers: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return check_answers(event.questions or [], answers)
+    except QuestionError as exc:
+        raise Invalid(exc.field, exc.reason) from None
+
+
+async def lock_events(session: AsyncSession, event_ids: list[int]) -> dict[int, Event]:
+    """Load and lock events in id order (one order everywhere: no deadlocks between nodes)."""
+    rows = await session.scalars(
+        select(Event)
+        .where(Event.id.in_(sorted(set(event_ids))))
+        .order_by(Event.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {e.id: e for e in rows}
+
+
+@dataclass
+class _EventState:
+    """Counts for one locked event, kept current while a batch is placed."""
+
+    taken: int
+    waiting: int
+    last_seq: int
+    emails: set[str] = field(default_factory=set)
+
+
+async def _event_states(
+    session: AsyncSession, event_ids: list[int], emails: list[str]
+) -> dict[int, _EventState]:
+    states = {eid: _EventState(0, 0, 0) for eid in event_ids}
+    counts = await session.execute(
+        select(Registration.event_id, Registration.status, func.count())
+        .where(Registration.event_id.in_(event_ids), Registration.status.in_(ACTIVE_STATUSES))
+        .group_by(Registration.event_id, Registration.status)
+    )
+    for event_id, status, count in counts:
+        if status in SEAT_STATUSES:
+            states[event_id].taken += count
+        elif status == "waiting":
+            states[event_id].waiting += count
+    seqs = await session.execute(
+        select(Registration.event_id, func.max(Registration.waitlist_seq))
+        .where(Registration.event_id.in_(event_ids))
+        .group_by(Registration.event_id)
+    )
+    for event_id, last in seqs:
+        states[event_id].last_seq = last or 0
+    taken = await session.execute(
+        select(Registration.event_id, Registration.email).where(
+            Registration.event_id.in_(event_ids),
+            Registration.email.in_(emails),
+            Registration.status.in_(ACTIVE_STATUSES),
+        )
+    )
+    for event_id, email in taken:
+        states[event_id].emails.add(email)
+    return states
+
+
+async def _accredited(
+    session: AsyncSession, process_ids: set[int], keys: set[str], now: datetime
+) -> set[tuple[int, str]]:
+    if not keys:
+        return set()
+    rows = await session.execute(
+        select(Accreditation.process_id, Accreditation.organisation_key).where(
+            Accreditation.process_id.in_(process_ids),
+            Accreditation.organisation_key.in_(keys),
+            Accreditation.expires_at > now,
+        )
+    )
+    return {(p, k) for p, k in rows}
+
+
+async def register_many(
+    session: AsyncSession,
+    requests: list[tuple[int, RegistrationCreate]],
+    now: datetime,
+    hold: timedelta,
+) -> list[Receipt | Exception]:
+    """Place a batch of new registrations in arrival order, in one transaction.
+
+    Each request either gets a Receipt or the error that refuses it; a refused request
+    writes nothing. Counts are read once per event under its lock and kept in memory.
+    """
+    event_ids = sorted({event_id for event_id, _ in requests})
+    events = await lock_events(session, event_ids)
+    emails = sorted({normalize_email(data.email) for _, data in requests})
+    states = await _event_states(session, list(events), emails)
+    keys = {organisation_key(d.organisation) for _, d in requests if d.organisation.strip()}
+    accredited = await _accredited(session, {e.process_id for e in events.values()}, keys, now)
+
+    results: list[Receipt | Exception] = []
+    added: list[tuple[int, Registration]] = []
+    for event_id, data in requests:
+        try:
+            event = events.get(event_id)
+            if event is None or event.status == "draft":
+                raise NotFound(f"no event {event_id}")
+            check_person(data)
+            closed = registration_open(
+                now,
+                event.registration_opens_at,
+                event.registration_closes_at,
+                event.ends_at,
+                event.status,
+            )
+            if closed is not None:
+                raise Conflict(f"registration is not open: {closed}")
+            answers = clean_answers(event, data.answers)
+            email = normalize_email(data.email)
+            state = states[event_id]
+            if email in state.emails:
+                raise Conflict(
+                    "this email is already registered for this event; use the manage link "
+                    "in the mail you received, or ask for a new one at "
+                    f"/api/events/{event_id}/registrations/resend",
+                    field="email",
+                )
+            key = organisation_key(data.organisation)
+            if event.accreditation_required and not key:
+                raise Invalid("organisation", "this event accredits organisations: name yours")
+            status = place(
+                SeatCount(event.capacity, state.taken),
+                needs_approval=event.accreditation_required
+                and (event.process_id, key) not in accredited,
+                confirmation_required=event.confirmation_required,
+                waiting_ahead=state.waiting,
+            )
+        except (Invalid, Conflict, NotFound) as exc:
+            results.append(exc)
+            continue
+        reg = Registration(
+            event_id=event.id,
+            process_id=event.process_id,
+            name=data.name.strip(),
+            email=email,
+            organisation=data.organisation.strip(),
+            constituency=data.constituency,
+            country=data.country,
+            region=data.region.strip(),
+            language=data.language,
+            time_zone=data.time_zone,
+            answers=answers,
+            status=status,
+            token_nonce=new_nonce(),
+            created_at=now,
+            updated_at=now,
+        )
+        position = _assign(reg, event, state, now, hold)
+        state.emails.add(email)
+        session.add(reg)
+        notify(session, reg, event, _NEW_KIND[status], position=position)
+        added.append((len(results), reg))
+        results.append(Receipt(0, event.id, status, position, reg.hold_expires_at))
+    await session.flush()
+    for index, reg in added:
+        receipt = results[index]
+        assert isinstance(receipt, Receipt)
+        results[index] = Receipt(reg.id, reg.event_id, reg.status, receipt.position,
+                                 reg.hold_expires_at)  # fmt: skip
+    return results
+
+
+_NEW_KIND = {
+    "held": "registration_confirm",
+    "confirmed": "registration_confirmed",
+    "waiting": "waitlisted",
+    "pending_approval": "approval_pending",
+}
+
+
+def _assign(
+    reg: Registration, event: Event, state: _EventState, now: datetime, hold: timedelta
+) -> int | None:
+    """Update the in-memory counts for a placed registration; its waiting position if any."""
+    if reg.status == "waiting":
+        state.last_seq += 1
+        state.waiting += 1
+        reg.waitlist_seq = state.last_seq
+        return state.waiting
+    if reg.status in SEAT_STATUSES:
+        state.taken += 1
+        if reg.status == "held":
+            reg.hold_expires_at = hold_until(now, hold, event.starts_at)
+        else:
+            reg.confirmed_at = now
+    return None
+
+
+def notify(
+    session: AsyncSession,
+    reg: Registration,
+    event: Event,
+    kind: str,
+    *,
+    position: int | None = None,
+    reason: str = "",
+) -> None:
+    """Queue a message about ``reg`` in the caller's transaction."""
+    context: dict[str, Any] = {
+        "event_title": event.title,
+        "event_start": event.starts_at.isoformat(),
+        "event_end": event.ends_at.isoformat(),
+        "event_time_zone": event.time_zone,
+        "venue": event.venue,
+        "online_url": event.online_url,
+        "position": position,
+        "hold_expires_at": reg.hold_expires_at.isoformat() if reg.hold_expires_at else None,
+        "reason": reason,
+    }
+    note = outbox.enqueue(
+        session,
+        kind=kind,
+        recipient_email=reg.email,
+        recipient_name=reg.name,
+        language=reg.language,
+        time_zone=reg.time_zone,
+        context=context,
+        event_id=event.id,
+    )
+    note.registration = reg
+
+
+async def waitlist_position(session: AsyncSession, reg: Registration) -> int | None:
+    if reg.status != "waiting" or reg.waitlist_seq is None:
+        return None
+    ahead = await session.scalar(
+        select(func.count()).where(
+            Registration.event_id == reg.event_id,
+            Registration.status == "waiting",
+            Registration.waitlist_seq <= reg.waitlist_seq,
+        )
+    )
+    return int(ahead or 0)
+
+
+async def seat_count(session: AsyncSession, event: Event) -> SeatCount:
+    taken = await session.scalar(
+        select(func.count()).where(
+            Registration.event_id == event.id, Registration.status.in_(SEAT_STATUSES)
+        )
+    )
+    return SeatCount(event.capacity, int(taken or 0))
+
+
+async def promote_waiting(
+    session: AsyncSession, event: Event, now: datetime, hold: timedelta
+) -> list[Registration]:
+    """Give freed seats to the first people waiting, and tell them. Caller holds the lock."""
+    waiting = list(
+        await session.scalars(
+            select(Registration)
+            .where(Registration.event_id == event.id, Registration.status == "waiting")
+            .order_by(Registration.waitlist_seq)
+            .limit(event.capacity if event.capacity is not None else None)
+        )
+    )
+    chosen = set(to_promote(await seat_count(session, event), [r.id for r in waiting]))
+    promoted = [r for r in waiting if r.id in chosen]
+    for reg in promoted:
+        reg.promoted_at = now
+        if event.confirmation_required:
+            reg.status = "held"
+            reg.hold_expires_at = hold_until(now, hold, event.starts_at)
+        else:
+            reg.status = "confirmed"
+            reg.confirmed_at = now
+        notify(session, reg, event, "promoted")
+    await session.flush()
+    return promoted
+
+
+async def confirm(session: AsyncSession, reg: Registration, now: datetime) -> bool:
+    """Confirm a held seat (double opt-in). True if this call confirmed it."""
+    if reg.status == "confirmed":
+        return False
+    if reg.status != "held":
+        raise Conflict(f"a {reg.status} registration cannot be confirmed", field="status")
+    event = (await lock_events(session, [reg.event_id]))[reg.event_id]
+    if reg.hold_expires_at is not None and reg.hold_expires_at <= now:
+        raise Conflict("the hold on this seat has expired", field="status")
+    reg.status = "confirmed"
+    reg.confirmed_at = now
+    reg.hold_expires_at = None
+    notify(session, reg, event, "registration_confirmed")
+    await session.flush()
+    return True
+
+
+async def cancel(
+    session: AsyncSession, reg: Registration, now: datetime, hold: timedelta
+) -> list[Registration]:
+    """Cancel a registration; a freed seat goes to the first person waiting at once."""
+    if reg.status not in ACTIVE_STATUSES:
+        raise Conflict(f"this registration is already {reg.status}", field="status")
+    event = (await lock_events(session, [reg.event_id]))[reg.event_id]
+    had_seat = reg.status in SEAT_STATUSES
+    reg.status = "cancelled"
+    reg.cancelled_at = now
+    reg.hold_expires_at = None
+    notify(session, reg, event, "cancelled")
+    await session.flush()
+    return await promote_waiting(session, event, now, hold) if had_seat else []
+
+
+async def approve(
+    session: AsyncSession,
+    reg: Registration,
+    organizer_id: int,
+    accredit_until: datetime,
+    now: datetime,
+    hold: timedelta,
+) -> Receipt:
+    """Approve a pending registration and accredit its organisation for the whole process."""
+    if reg.status != "pending_approval":
+        raise Conflict(f"a {reg.status} registration cannot be approved", field="status")
+    if accredit_until <= now:
+        raise Invalid("accredit_until", "must be in the future")
+    event = (await lock_events(session, [reg.event_id]))[reg.event_id]
+    key = organisation_key(reg.organisation)
+    accreditation = await session.scalar(
+        select(Accreditation).where(
+            Accreditation.process_id == reg.process_id, Accreditation.organisation_key == key
+        )
+    )
+    if accreditation is None:
+        session.add(
+            Accreditation(
+                process_id=reg.process_id,
+                organisation_key=key,
+                organisation=reg.organisation,
+                expires_at=accredit_until,
+                approved_by=organizer_id,
+                created_at=now,
+            )
+        )
+    else:
+        accreditation.expires_at = max(accreditation.expires_at, accredit_until)
+        accreditation.approved_by = organizer_id
+    waiting = await session.scalar(
+        select(func.count()).where(
+            Registration.event_id == event.id, Registration.status == "waiting"
+        )
+    )
+    state = _EventState((await seat_count(session, event)).taken, int(waiting or 0), 0)
+    state.last_seq = int(
+        await session.scalar(
+            select(func.coalesce(func.max(Registration.waitlist_seq), 0)).where(
+                Registration.event_id == event.id
+            )
+        )
+        or 0
+    )
+    reg.status = place(
+        SeatCount(event.capacity, state.taken),
+        needs_approval=False,
+        confirmation_required=event.confirmation_required,
+        waiting_ahead=state.waiting,
+    )
+    reg.decided_at = now
+    position = _assign(reg, event, state, now, hold)
+    notify(session, reg, event, "approved", position=position)
+    await session.flush()
+    return Receipt(reg.id, reg.event_id, reg.status, position, reg.hold_expires_at)
+
+
+async def reject(session: AsyncSession, reg: Registration, reason: str, now: datetime) -> None:
+    if reg.status != "pending_approval":
+        raise Conflict(f"a {reg.status} registration cannot be rejected", field="status")
+    event = await session.get(Event, reg.event_id)
+    assert event is not None
+    reg.status = "rejected"
+    reg.decided_at = now
+    notify(session, reg, event, "rejected", reason=reason)
+    await session.flush()
+
+
+async def expire_holds(session: AsyncSession, now: datetime, hold: timedelta) -> int:
+    """Release unconfirmed seats whose hold ran out, and promote in their place."""
+    event_ids = list(
+        await session.scalars(
+            select(Registration.event_id)
+            .where(Registration.status == "held", Registration.hold_expires_at <= now)
+            .distinct()
+        )
+    )
+    if not event_ids:
+        return 0
+    events = await lock_events(session, event_ids)
+    expired = list(
+        await session.scalars(
+            select(Registration).where(
+                Registration.event_id.in_(event_ids),
+                Registration.status == "held",
+                Registration.hold_expires_at <= now,
+            )
+        )
+    )
+    for reg in expired:
+        reg.status = "expired"
+        reg.hold_expires_at = None
+        notify(session, reg, events[reg.event_id], "hold_expired")
+    await session.flush()
+    for event in events.values():
+        await promote_waiting(session, event, now, hold)
+    return len(expired)
+
+
+async def update(session: AsyncSession, reg: Registration, data: RegistrationUpdate) -> None:
+    if reg.status not in ACTIVE_STATUSES:
+        raise Conflict(f"a {reg.status} registration cannot be changed", field="status")
+    check_person(data)
+    event = await session.get(Event, reg.event_id)
+    assert event is not None
+    if data.answers is not UNSET:
+        reg.answers = clean_answers(event, data.answers)
+    for name in ("name", "organisation", "region", "language", "time_zone"):
+        value = getattr(data, name)
+        if value is not UNSET:
+            setattr(reg, name, value.strip() if isinstance(value, str) else value)
+    await session.flush()
