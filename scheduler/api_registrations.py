@@ -162,20 +162,44 @@ _DETAIL = {
     "organisation; we will mail you their decision.",
 }
 CSV_COLUMNS = (
-    "id", "status", "name", "email", "organisation", "constituency", "country", "region",
-    "language", "time_zone", "waitlist_seq", "created_at", "confirmed_at", "answers",
-)  # fmt: skip
+    "id",
+    "status",
+    "name",
+    "email",
+    "organisation",
+    "constituency",
+    "country",
+    "region",
+    "language",
+    "time_zone",
+    "waitlist_seq",
+    "created_at",
+    "confirmed_at",
+    "answers",
+)
 
 
 def registration_out(r: Registration) -> RegistrationOut:
     return RegistrationOut(
-        id=r.id, event_id=r.event_id, status=r.status, name=r.name, email=r.email,
-        organisation=r.organisation, constituency=r.constituency, country=r.country,
-        region=r.region, language=r.language, time_zone=r.time_zone, answers=r.answers,
-        waitlist_seq=r.waitlist_seq, hold_expires_at=r.hold_expires_at,
-        confirmed_at=r.confirmed_at, promoted_at=r.promoted_at, cancelled_at=r.cancelled_at,
+        id=r.id,
+        event_id=r.event_id,
+        status=r.status,
+        name=r.name,
+        email=r.email,
+        organisation=r.organisation,
+        constituency=r.constituency,
+        country=r.country,
+        region=r.region,
+        language=r.language,
+        time_zone=r.time_zone,
+        answers=r.answers,
+        waitlist_seq=r.waitlist_seq,
+        hold_expires_at=r.hold_expires_at,
+        confirmed_at=r.confirmed_at,
+        promoted_at=r.promoted_at,
+        cancelled_at=r.cancelled_at,
         created_at=r.created_at,
-    )  # fmt: skip
+    )
 
 
 async def by_token(
@@ -200,30 +224,50 @@ async def registration_view(
         select(SpeakerRequest).where(SpeakerRequest.registration_id == reg.id)
     )
     return RegistrationView(
-        id=reg.id, status=reg.status, name=reg.name, email=reg.email,
-        organisation=reg.organisation, constituency=reg.constituency, country=reg.country,
-        region=reg.region, language=reg.language, time_zone=reg.time_zone, answers=reg.answers,
+        id=reg.id,
+        status=reg.status,
+        name=reg.name,
+        email=reg.email,
+        organisation=reg.organisation,
+        constituency=reg.constituency,
+        country=reg.country,
+        region=reg.region,
+        language=reg.language,
+        time_zone=reg.time_zone,
+        answers=reg.answers,
         waitlist_position=await svc.waitlist_position(session, reg),
         hold_expires_at=reg.hold_expires_at,
         event=EventSummary(
-            id=event.id, title=event.title, status=event.status, time_zone=event.time_zone,
-            start=event.starts_at, end=event.ends_at,
+            id=event.id,
+            title=event.title,
+            status=event.status,
+            time_zone=event.time_zone,
+            start=event.starts_at,
+            end=event.ends_at,
             start_local=local_iso(event.starts_at, event.time_zone),
             end_local=local_iso(event.ends_at, event.time_zone),
             start_in_your_time_zone=local_iso(event.starts_at, reg.time_zone),
-            venue=event.venue, online_url=event.online_url,
+            venue=event.venue,
+            online_url=event.online_url,
         ),
-        speaker_request=None if speaker is None else SpeakerSummary(
-            id=speaker.id, topic=speaker.topic, status=speaker.status,
-            position=speaker.position, slot_start=speaker.slot_start,
+        speaker_request=None
+        if speaker is None
+        else SpeakerSummary(
+            id=speaker.id,
+            topic=speaker.topic,
+            status=speaker.status,
+            position=speaker.position,
+            slot_start=speaker.slot_start,
             slot_start_local=local_iso(speaker.slot_start, event.time_zone)
-            if speaker.slot_start else None,
+            if speaker.slot_start
+            else None,
             slot_start_in_your_time_zone=local_iso(speaker.slot_start, reg.time_zone)
-            if speaker.slot_start else None,
+            if speaker.slot_start
+            else None,
         ),
         calendar_url=f"/api/registrations/{token}/calendar.ics",
         created_at=reg.created_at,
-    )  # fmt: skip
+    )
 
 
 class RegistrationController(Controller):
@@ -569,9 +613,13 @@ class RegistrationController(Controller):
             receipt = await svc.approve(session, reg, who.id, until, now, _hold(settings))
         worker.kick()
         return ReceiptOut(
-            receipt.id, receipt.event_id, receipt.status, receipt.position,
-            receipt.hold_expires_at, _DETAIL[receipt.status],
-        )  # fmt: skip
+            receipt.id,
+            receipt.event_id,
+            receipt.status,
+            receipt.position,
+            receipt.hold_expires_at,
+            _DETAIL[receipt.status],
+        )
 
     @post(
         "/api/events/{event_id:int}/registrations/{registration_id:int}/reject",

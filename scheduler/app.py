@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
@@ -13,6 +14,8 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 
 from scheduler import __version__
 from scheduler.api_calendars import CalendarController
@@ -31,9 +34,12 @@ from scheduler.mail import make_sender
 from scheduler.manage_links import load_secret
 from scheduler.models import utc_now
 from scheduler.outbox import OutboxWorker
+from scheduler.pages import RegistrationPages
 from scheduler.registration_desk import RegistrationDesk
 from scheduler.registrations import expire_holds
 from scheduler.settings import Settings
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -61,9 +67,12 @@ def create_app(settings: Settings) -> Litestar:
         if clock is not None:
             worker.schedule(clock)
             clock.scheduler.add_job(
-                release_expired_holds, "interval", seconds=60, id="expire-holds",
+                release_expired_holds,
+                "interval",
+                seconds=60,
+                id="expire-holds",
                 replace_existing=True,
-            )  # fmt: skip
+            )
             clock.start()
         try:
             yield
@@ -127,6 +136,7 @@ def create_app(settings: Settings) -> Litestar:
             CalendarController,
             RegistrationController,
             NotificationController,
+            RegistrationPages,
         ],
         dependencies=dependencies,
         state=State(
@@ -143,6 +153,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(
             title="Forum Scheduler",
             version=__version__,

@@ -22,16 +22,41 @@ from scheduler.timezones import UnknownTimeZone, from_local, to_local, wall_shif
 Category = Literal["event", "milestone"]
 
 _EVENT_KEYS = {
-    "key", "kind", "title", "description", "venue", "online_url", "time_zone",
-    "relative_to", "parent", "rrule", "capacity",
-    "registration_opens_days", "registration_closes_days", *PLACEMENT_FIELDS,
-}  # fmt: skip
-_MILESTONE_KEYS = {
-    "key", "kind", "title", "description", "time_zone", "relative_to", "event",
+    "key",
+    "kind",
+    "title",
+    "description",
+    "venue",
+    "online_url",
+    "time_zone",
+    "relative_to",
+    "parent",
+    "rrule",
+    "capacity",
+    "registration_opens_days",
+    "registration_closes_days",
     *PLACEMENT_FIELDS,
-}  # fmt: skip
-_TOP_KEYS = {"key", "name", "description", "time_zone", "languages", "anchor", "events",
-             "milestones"}  # fmt: skip
+}
+_MILESTONE_KEYS = {
+    "key",
+    "kind",
+    "title",
+    "description",
+    "time_zone",
+    "relative_to",
+    "event",
+    *PLACEMENT_FIELDS,
+}
+_TOP_KEYS = {
+    "key",
+    "name",
+    "description",
+    "time_zone",
+    "languages",
+    "anchor",
+    "events",
+    "milestones",
+}
 
 
 class TemplateError(ValueError):

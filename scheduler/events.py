@@ -81,6 +81,7 @@ class EventPatch(msgspec.Struct, forbid_unknown_fields=True):
     registration_opens_at: f.AwareDatetime | None | UnsetType = UNSET
     registration_closes_at: f.AwareDatetime | None | UnsetType = UNSET
     capacity: f.Capacity | None | UnsetType = UNSET
+    questions: list[Question] | UnsetType = UNSET
     relative_to_id: f.Id | None | UnsetType = UNSET
     placement: f.PlacementRule | None | UnsetType = UNSET
     pinned: bool | UnsetType = UNSET

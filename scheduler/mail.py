@@ -11,6 +11,7 @@ import asyncio
 import logging
 import mailbox
 import os
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -48,25 +49,28 @@ class MaildirSender:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._box: mailbox.Maildir | None = None
+        # mailbox names files from the time and a counter that threads could share.
+        self._lock = threading.Lock()
 
     async def send(self, message: EmailMessage) -> None:
         # Maildir files use the local line ending; the SMTP policy's CRLF would show as ^M.
         data = message.as_bytes(policy=message.policy.clone(linesep="\n"))
         try:
             await asyncio.to_thread(self._write, data)
-        except OSError as exc:
+        except (OSError, mailbox.Error) as exc:
             raise DeliveryError(f"maildir {self.path}: {exc}", permanent=False) from exc
 
     def _write(self, data: bytes) -> None:
-        if self._box is None:
-            self._box = mailbox.Maildir(self.path, create=True)
-        self._box.add(data)
-        # mailbox fsyncs the file but not the folder entry that makes it visible in new/.
-        fd = os.open(self.path / "new", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with self._lock:
+            if self._box is None:
+                self._box = mailbox.Maildir(self.path, create=True)
+            self._box.add(data)
+            # mailbox fsyncs the file, not the folder entry that makes it visible in new/.
+            fd = os.open(self.path / "new", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     async def close(self) -> None:
         self._box = None
@@ -107,7 +111,7 @@ class SmtpSender:
                     raise self._delivery_error(client, exc) from exc
             except Exception as exc:
                 raise self._delivery_error(client, exc) from exc
-            self._idle.append((client, time.monotonic()))
+            self._keep(client)
 
     async def close(self) -> None:
         self._closed = True
@@ -182,7 +186,9 @@ class SmtpSender:
         return DeliveryError(f"unexpected error: {exc!r}", permanent=False)
 
     def _keep(self, client: aiosmtplib.SMTP) -> None:
-        if client.is_connected:
+        if self._closed:
+            client.close()
+        elif client.is_connected:
             self._idle.append((client, time.monotonic()))
 
 

@@ -223,14 +223,26 @@ async def _create_planned(
         if item.category == "event":
             assert p.end is not None
             event = Event(
-                process_id=process.id, parent_id=parent, kind=item.kind, title=p.title,
-                description=item.description, venue=item.venue, online_url=item.online_url,
-                time_zone=item.time_zone, starts_at=p.start, ends_at=p.end, status=status,
-                rrule=item.rrule, exdates=[], capacity=item.capacity,
+                process_id=process.id,
+                parent_id=parent,
+                kind=item.kind,
+                title=p.title,
+                description=item.description,
+                venue=item.venue,
+                online_url=item.online_url,
+                time_zone=item.time_zone,
+                starts_at=p.start,
+                ends_at=p.end,
+                status=status,
+                rrule=item.rrule,
+                exdates=[],
+                capacity=item.capacity,
                 registration_opens_at=p.registration_opens_at,
                 registration_closes_at=p.registration_closes_at,
-                relative_to_id=relative_to, rule=rule, template_key=item.key,
-            )  # fmt: skip
+                relative_to_id=relative_to,
+                rule=rule,
+                template_key=item.key,
+            )
             event.series_ends_at = _series_end(event)
             session.add(event)
             await session.flush()
@@ -238,10 +250,18 @@ async def _create_planned(
             events.append(event)
         else:
             milestone = Milestone(
-                process_id=process.id, event_id=parent, kind=item.kind, title=p.title,
-                description=item.description, due_at=p.start, time_zone=item.time_zone,
-                status=status, relative_to_id=relative_to, rule=rule, template_key=item.key,
-            )  # fmt: skip
+                process_id=process.id,
+                event_id=parent,
+                kind=item.kind,
+                title=p.title,
+                description=item.description,
+                due_at=p.start,
+                time_zone=item.time_zone,
+                status=status,
+                relative_to_id=relative_to,
+                rule=rule,
+                template_key=item.key,
+            )
             session.add(milestone)
             milestones.append(milestone)
     await session.flush()

@@ -67,7 +67,7 @@ def check_answers(stored: list[dict[str, Any]], answers: dict[str, Any]) -> dict
     for q in questions:
         field = f"answers.{q.key}"
         value = answers.get(q.key)
-        if value is None or value == "" or value == []:
+        if value is None or value == [] or (isinstance(value, str) and not value.strip()):
             if q.required:
                 raise QuestionError(field, "an answer is required")
             continue

@@ -280,8 +280,9 @@ async def register_many(
     for index, reg in added:
         receipt = results[index]
         assert isinstance(receipt, Receipt)
-        results[index] = Receipt(reg.id, reg.event_id, reg.status, receipt.position,
-                                 reg.hold_expires_at)  # fmt: skip
+        results[index] = Receipt(
+            reg.id, reg.event_id, reg.status, receipt.position, reg.hold_expires_at
+        )
     return results
 
 

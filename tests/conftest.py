@@ -26,6 +26,9 @@ from scheduler.organizers import create_organizer
 from scheduler.schema import migrate
 from scheduler.settings import Settings
 
+# The real SMTP server fixture (`mail_server`) for every test module.
+pytest_plugins = ["tests.mail_server"]
+
 PG_DSN = os.environ.get("SCHEDULER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -7,6 +7,7 @@ connection, as a server does with idle clients.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -38,14 +39,30 @@ class Recorder:
 
     messages: list[Received] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    # Address -> the reply to RCPT TO for it, e.g. "550 5.1.1 No such mailbox".
+    refused_recipients: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Seconds to wait before accepting each message: a slow server, to kill a sender mid-wave.
+    delay: float = 0.0
 
     def refuse_next(self, count: int, reply: str) -> None:
         """Answer ``reply`` (e.g. "451 4.3.0 Try again later") to the next ``count`` messages."""
         with self.lock:
             self.refusals.extend([reply] * count)
 
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self.lock:
+            reply = self.refused_recipients.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self.lock:
             if self.refusals:
                 return self.refusals.pop(0)

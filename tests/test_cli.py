@@ -27,9 +27,12 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def run(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*SCHEDULER, *args], env=env_for(tmp_path, **extra), capture_output=True, text=True,
+        [*SCHEDULER, *args],
+        env=env_for(tmp_path, **extra),
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
 
 
 def free_port() -> int:
@@ -80,8 +83,11 @@ def test_migrate_demo_organizer_and_serve(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert health.status_code == 200
         assert health.json() == {
-            "status": "ok", "database": "up", "scheduler": "up", "version": "0.1.0",
-        }  # fmt: skip
+            "status": "ok",
+            "database": "up",
+            "scheduler": "up",
+            "version": "0.1.0",
+        }
         events = httpx.get(f"{base}/api/events", params={"kind": "stakeholder_hearing"}).json()
         assert [e["start_local"] for e in events["items"]] == ["2026-05-04T10:00:00-04:00"]
         schema = httpx.get(f"{base}/schema/openapi.json").json()

@@ -262,6 +262,29 @@ async def test_permanent_refusal_fails_with_the_reason(env: Env) -> None:
     assert env.received == []
 
 
+async def test_refused_recipient(env: Env) -> None:
+    assert env.server is not None
+    env.server.recorder.refused_recipients.update(
+        {
+            "gone@example.org": "550 5.1.1 No such mailbox",
+            "full@example.org": "452 4.2.2 Over quota",
+        }
+    )
+    gone = await env.enqueue(recipient_email="gone@example.org")
+    full = await env.enqueue(recipient_email="full@example.org")
+    fine = await env.enqueue()
+    assert await env.worker.run_once(NOW) == 1
+    row = await env.row(gone)
+    assert row.status == "failed"
+    assert row.last_error == "recipient refused: 550 5.1.1 No such mailbox <gone@example.org>"
+    row = await env.row(full)
+    assert (row.status, row.due_at) == ("planned", NOW + timedelta(seconds=30))
+    assert row.last_error == "recipient refused: 452 4.2.2 Over quota <full@example.org>"
+    assert (await env.row(fine)).status == "sent"
+    # A refusal leaves the connection usable (aiosmtplib sends RSET): no extra connections.
+    assert env.server.connections <= env.settings.smtp_pool_size
+
+
 async def test_gives_up_after_max_attempts(env: Env) -> None:
     assert env.server is not None
     env.server.recorder.refuse_next(10, "421 4.7.0 Too busy")
@@ -503,13 +526,26 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
         ],
         check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
     return cert, key
 
 
@@ -637,10 +673,22 @@ async def test_notifications_api_lists_an_organizers_messages(env: Env) -> None:
         assert sent["kind"] == "registration_confirm"
         assert sent["message_id"].startswith(f"<notification-{sent_id}.")
         assert set(sent) == {
-            "id", "kind", "recipient_email", "recipient_name", "language", "status", "reason",
-            "attempts", "due_at", "created_at", "sent_at", "last_error", "message_id",
-            "event_id", "registration_id",
-        }  # fmt: skip
+            "id",
+            "kind",
+            "recipient_email",
+            "recipient_name",
+            "language",
+            "status",
+            "reason",
+            "attempts",
+            "due_at",
+            "created_at",
+            "sent_at",
+            "last_error",
+            "message_id",
+            "event_id",
+            "registration_id",
+        }
         assert items[no_event_id]["event_id"] is None
 
         async def listed(**params: Any) -> list[int]:

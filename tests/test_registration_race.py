@@ -115,8 +115,10 @@ async def scenario(base: str, token: str) -> None:
         ).json()
         assert stats["seats_taken"] == SEATS
         assert stats["by_status"] == {
-            "cancelled": 10, "confirmed": SEATS, "waiting": PEOPLE - SEATS - 10,
-        }  # fmt: skip
+            "cancelled": 10,
+            "confirmed": SEATS,
+            "waiting": PEOPLE - SEATS - 10,
+        }
         page = (
             await client.get(
                 f"/api/events/{event_id}/registrations",
