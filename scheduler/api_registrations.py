@@ -212,7 +212,11 @@ async def by_token(
         raise NotFound("no such registration")
     event = await session.get(Event, reg.event_id)
     assert event is not None
-    if utc_now() > event.ends_at + timedelta(days=settings.manage_link_days_after_event):
+    # A series ends with its last meeting (never, if it is endless), not with its first.
+    ended = event.series_ends_at if event.rrule else event.ends_at
+    if ended is not None and utc_now() > ended + timedelta(
+        days=settings.manage_link_days_after_event
+    ):
         raise Gone("this link has expired")
     return reg, event
 
@@ -726,12 +730,14 @@ def _filtered(
         if value is not None:
             query = query.where(column == value)
     if q:
-        like = f"%{q.lower()}%"
+        # Searched for as typed: % and _ are not wildcards here.
+        text = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = f"%{text}%"
         query = query.where(
             or_(
-                func.lower(Registration.name).like(like),
-                Registration.email.like(like),
-                func.lower(Registration.organisation).like(like),
+                func.lower(Registration.name).like(like, escape="\\"),
+                Registration.email.like(like, escape="\\"),
+                func.lower(Registration.organisation).like(like, escape="\\"),
             )
         )
     return query

@@ -25,6 +25,7 @@ from scheduler.api_milestones import MilestoneController
 from scheduler.api_notifications import NotificationController
 from scheduler.api_processes import ProcessController, TemplateController
 from scheduler.api_registrations import RegistrationController
+from scheduler.api_speakers import SpeakerController
 from scheduler.auth import provide_organizer
 from scheduler.clock import Clock
 from scheduler.cycle_templates import Template, load_templates
@@ -135,6 +136,7 @@ def create_app(settings: Settings) -> Litestar:
             MilestoneController,
             CalendarController,
             RegistrationController,
+            SpeakerController,
             NotificationController,
             RegistrationPages,
         ],

@@ -46,6 +46,8 @@ KINDS = (
     "cancelled",
     "hold_expired",
     "manage_link",
+    "speaker_selected",
+    "speaker_declined",
 )
 DEFAULT_LANGUAGE = "en"
 RTL_LANGUAGES = frozenset({"ar", "fa", "he", "ur"})
@@ -179,6 +181,8 @@ def render(
     start = _instant(ctx.get("event_start")) or (event.starts_at if event else None)
     end = _instant(ctx.get("event_end")) or (event.ends_at if event else None)
     hold = _instant(ctx.get("hold_expires_at"))
+    slot_start = _instant(ctx.get("slot_start"))
+    slot_end = _instant(ctx.get("slot_end"))
     title = one_line(ctx.get("event_title") or (event.title if event else ""), 300)
     position = ctx.get("position")
     values = {
@@ -189,6 +193,11 @@ def render(
         else "",
         "hold_expires_at": _when(hold, None, reader_tz, locale) if hold else "",
         "reason": " ".join(str(ctx.get("reason") or notification.reason or "").split()),
+        # A speaking slot: in the reader's zone, and at the event when its clocks differ.
+        "slot": _when(slot_start, slot_end, reader_tz, locale) if slot_start else "",
+        "slot_event_time": _when(slot_start, slot_end, event_tz, locale)
+        if slot_start and _offset(slot_start, event_tz) != _offset(slot_start, reader_tz)
+        else "",
     }
 
     confirm = needs_confirmation(notification)

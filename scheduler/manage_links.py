@@ -23,12 +23,17 @@ def sign(registration_id: int, nonce: str, secret: bytes) -> str:
     return f"{registration_id}.{base64.urlsafe_b64encode(mac[:24]).decode().rstrip('=')}"
 
 
+# The largest id an integer column holds (PostgreSQL refuses to even look up a larger one).
+MAX_ID = 2**31 - 1
+
+
 def registration_id_of(token: str) -> int | None:
     """The id a token claims to be for (unverified), or None if it is not even shaped right."""
     head, sep, tail = token.partition(".")
     if not sep or not head.isascii() or not head.isdigit() or len(head) > 12 or len(tail) != 32:
         return None
-    return int(head)
+    registration_id = int(head)
+    return registration_id if registration_id <= MAX_ID else None
 
 
 def verify(token: str, nonce: str, secret: bytes) -> bool:

@@ -5,8 +5,9 @@ A crash between commit and delivery loses nothing: the row stays ``planned`` (or
 the Message-ID is fixed per row, so the rare resend after a crash is recognisable.
 
 One pass of the worker: claim a batch of due rows in a short write transaction (``FOR
-UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has a single writer), render and send outside
-any transaction, then record every result in one more short write transaction.
+UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has a single writer), render (in a thread) and
+send outside any transaction, and record the results in short write transactions as they
+come in (every RECORD_INTERVAL), so that a crash resends little.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from scheduler.settings import Settings
 log = logging.getLogger("scheduler.outbox")
 
 MAX_RETRY_DELAY = timedelta(hours=1)
+RECORD_INTERVAL = 0.05  # seconds between the write transactions recording a batch's results
 # Where mailed links point, below the public base URL; {token} is the signed manage token.
 MANAGE_PATH = "/registrations/{token}"
 CONFIRM_PATH = "/registrations/{token}/confirm"
@@ -274,8 +276,17 @@ class OutboxWorker:
         registrations, events = await self._load(due)
         jobs = await asyncio.to_thread(self._render_all, due, registrations, events, now)
         slots = asyncio.Semaphore(s.smtp_pool_size)
-        await asyncio.gather(*(self._deliver(job, slots, deadline) for job in jobs))
-        await self._record(jobs, now)
+        pending = {asyncio.ensure_future(self._deliver(job, slots, deadline)): job for job in jobs}
+        try:
+            # Record as results come in, not once at the end: a crash then resends only what
+            # was delivered in the last RECORD_INTERVAL, not the whole batch.
+            while pending:
+                done, _ = await asyncio.wait(pending, timeout=RECORD_INTERVAL)
+                if done:
+                    await self._record([pending.pop(task) for task in done], now)
+        finally:
+            for task in pending:
+                task.cancel()  # the rows keep their lease and are claimed again later
         return len(rows), sum(1 for job in jobs if job.sent)
 
     async def _load(
@@ -312,7 +323,7 @@ class OutboxWorker:
         events: dict[int, Event],
         now: datetime,
     ) -> list[_Job]:
-        """Runs in a worker thread: MIME building costs about a millisecond per message."""
+        """Runs in a worker thread: a message costs a few milliseconds of CPU (MIME, ICS)."""
         jobs = []
         for note in notes:
             job = _Job(note.id, note.lease_until)
@@ -383,3 +394,40 @@ class OutboxWorker:
                         note.status = "planned"
                         note.due_at = now + retry_delay(note.attempts, s.mail_retry_seconds)
                         note.last_error = reason
+
+
+def planned_row(
+    *,
+    kind: str,
+    recipient_email: str,
+    recipient_name: str,
+    language: str,
+    time_zone: str,
+    context: dict[str, Any],
+    now: datetime,
+    registration_id: int | None = None,
+    event_id: int | None = None,
+    due_at: datetime | None = None,
+    dedupe_key: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a planned message, for a multi-row INSERT in the caller's transaction."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown notification kind {kind!r}")
+    return {
+        "kind": kind,
+        "recipient_email": recipient_email,
+        "recipient_name": recipient_name,
+        "language": language[:8] or "en",
+        "time_zone": time_zone or "UTC",
+        "context": context,
+        "registration_id": registration_id,
+        "event_id": event_id,
+        "status": "planned",
+        "reason": "",
+        "due_at": due_at or now,
+        "attempts": 0,
+        "last_error": "",
+        "message_id": "",
+        "dedupe_key": dedupe_key,
+        "created_at": now,
+    }

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import iso3166
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
@@ -28,6 +28,7 @@ from scheduler.models import (
     SEAT_STATUSES,
     Accreditation,
     Event,
+    Notification,
     Registration,
 )
 from scheduler.questions import QuestionError, check_answers
@@ -214,7 +215,7 @@ async def register_many(
     accredited = await _accredited(session, {e.process_id for e in events.values()}, keys, now)
 
     results: list[Receipt | Exception] = []
-    added: list[tuple[int, Registration]] = []
+    placed: list[tuple[int, dict[str, Any], Event, int | None]] = []
     for event_id, data in requests:
         try:
             event = events.get(event_id)
@@ -253,36 +254,56 @@ async def register_many(
         except (Invalid, Conflict, NotFound) as exc:
             results.append(exc)
             continue
-        reg = Registration(
-            event_id=event.id,
-            process_id=event.process_id,
-            name=data.name.strip(),
-            email=email,
-            organisation=data.organisation.strip(),
-            constituency=data.constituency,
-            country=data.country,
-            region=data.region.strip(),
-            language=data.language,
-            time_zone=data.time_zone,
-            answers=answers,
-            status=status,
-            token_nonce=new_nonce(),
-            created_at=now,
-            updated_at=now,
-        )
-        position = _assign(reg, event, state, now, hold)
+        row: dict[str, Any] = {
+            "event_id": event.id,
+            "process_id": event.process_id,
+            "name": data.name.strip(),
+            "email": email,
+            "organisation": data.organisation.strip(),
+            "constituency": data.constituency,
+            "country": data.country,
+            "region": data.region.strip(),
+            "language": data.language,
+            "time_zone": data.time_zone,
+            "answers": answers,
+            "status": status,
+            "token_nonce": new_nonce(),
+            "created_at": now,
+            "updated_at": now,
+        }
+        row.update(_seat_fields(status, event, state, now, hold))
+        position = state.waiting if status == "waiting" else None
         state.emails.add(email)
-        session.add(reg)
-        notify(session, reg, event, _NEW_KIND[status], position=position)
-        added.append((len(results), reg))
-        results.append(Receipt(0, event.id, status, position, reg.hold_expires_at))
-    await session.flush()
-    for index, reg in added:
-        receipt = results[index]
-        assert isinstance(receipt, Receipt)
+        placed.append((len(results), row, event, position))
+        results.append(Receipt(0, event.id, status, position, row["hold_expires_at"]))
+    if not placed:
+        return results
+    # Two multi-row INSERTs for the whole batch, not two statements per person.
+    inserted = await session.execute(
+        insert(Registration).returning(Registration.id, sort_by_parameter_order=True),
+        [row for _, row, _, _ in placed],
+    )
+    notes = []
+    for registration_id, (index, row, event, position) in zip(
+        inserted.scalars(), placed, strict=True
+    ):
         results[index] = Receipt(
-            reg.id, reg.event_id, reg.status, receipt.position, reg.hold_expires_at
+            registration_id, event.id, row["status"], position, row["hold_expires_at"]
         )
+        notes.append(
+            outbox.planned_row(
+                kind=_NEW_KIND[row["status"]],
+                recipient_email=row["email"],
+                recipient_name=row["name"],
+                language=row["language"],
+                time_zone=row["time_zone"],
+                context=message_context(event, row["hold_expires_at"], position),
+                registration_id=registration_id,
+                event_id=event.id,
+                now=now,
+            )
+        )
+    await session.execute(insert(Notification), notes)
     return results
 
 
@@ -294,22 +315,41 @@ _NEW_KIND = {
 }
 
 
-def _assign(
-    reg: Registration, event: Event, state: _EventState, now: datetime, hold: timedelta
-) -> int | None:
-    """Update the in-memory counts for a placed registration; its waiting position if any."""
-    if reg.status == "waiting":
+def _seat_fields(
+    status: str, event: Event, state: _EventState, now: datetime, hold: timedelta
+) -> dict[str, Any]:
+    """The columns a placement sets, counting it in the event's in-memory state."""
+    fields: dict[str, Any] = {"waitlist_seq": None, "hold_expires_at": None, "confirmed_at": None}
+    if status == "waiting":
         state.last_seq += 1
         state.waiting += 1
-        reg.waitlist_seq = state.last_seq
-        return state.waiting
-    if reg.status in SEAT_STATUSES:
+        fields["waitlist_seq"] = state.last_seq
+    elif status in SEAT_STATUSES:
         state.taken += 1
-        if reg.status == "held":
-            reg.hold_expires_at = hold_until(now, hold, event.starts_at)
+        if status == "held":
+            fields["hold_expires_at"] = hold_until(now, hold, event.starts_at)
         else:
-            reg.confirmed_at = now
-    return None
+            fields["confirmed_at"] = now
+    return fields
+
+
+def message_context(
+    event: Event, hold_expires_at: datetime | None, position: int | None, reason: str = ""
+) -> dict[str, Any]:
+    """What a registration mail says about its event (rendered later, by the sender)."""
+    return {
+        "event_title": event.title,
+        "event_start": event.starts_at.isoformat(),
+        "event_end": event.ends_at.isoformat(),
+        "event_time_zone": event.time_zone,
+        "venue": event.venue,
+        "online_url": event.online_url,
+        "position": position,
+        "hold_expires_at": hold_expires_at.isoformat() if hold_expires_at else None,
+        # A held seat waits for the mailed confirm link; nothing else shows that button.
+        "needs_confirmation": hold_expires_at is not None,
+        "reason": reason,
+    }
 
 
 def notify(
@@ -320,19 +360,10 @@ def notify(
     *,
     position: int | None = None,
     reason: str = "",
-) -> None:
+    extra: dict[str, Any] | None = None,
+) -> Notification:
     """Queue a message about ``reg`` in the caller's transaction."""
-    context: dict[str, Any] = {
-        "event_title": event.title,
-        "event_start": event.starts_at.isoformat(),
-        "event_end": event.ends_at.isoformat(),
-        "event_time_zone": event.time_zone,
-        "venue": event.venue,
-        "online_url": event.online_url,
-        "position": position,
-        "hold_expires_at": reg.hold_expires_at.isoformat() if reg.hold_expires_at else None,
-        "reason": reason,
-    }
+    context = message_context(event, reg.hold_expires_at, position, reason) | (extra or {})
     note = outbox.enqueue(
         session,
         kind=kind,
@@ -344,6 +375,7 @@ def notify(
         event_id=event.id,
     )
     note.registration = reg
+    return note
 
 
 async def waitlist_position(session: AsyncSession, reg: Registration) -> int | None:
@@ -483,7 +515,9 @@ async def approve(
         waiting_ahead=state.waiting,
     )
     reg.decided_at = now
-    position = _assign(reg, event, state, now, hold)
+    for name, value in _seat_fields(reg.status, event, state, now, hold).items():
+        setattr(reg, name, value)
+    position = state.waiting if reg.status == "waiting" else None
     notify(session, reg, event, "approved", position=position)
     await session.flush()
     return Receipt(reg.id, reg.event_id, reg.status, position, reg.hold_expires_at)

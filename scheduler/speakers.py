@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler.errors import Conflict, Invalid, NotFound
-from scheduler.models import SEAT_STATUSES, Event, Notification, Registration, SpeakerRequest
+from scheduler.models import SEAT_STATUSES, Event, Registration, SpeakerRequest
 from scheduler.registrations import Language, lock_events, notify
 from scheduler.timezones import local_iso
 
@@ -94,17 +94,20 @@ def select_speakers(
         region = region_key(candidate.region)
         if candidate.id in seen:
             continue
-        if constituencies[candidate.constituency] >= by_constituency.get(
-            candidate.constituency, count
+        if _full(constituencies, by_constituency, candidate.constituency) or _full(
+            regions, by_region, region
         ):
-            continue
-        if regions[region] >= by_region.get(region, count):
             continue
         chosen.append(candidate)
         seen.add(candidate.id)
         constituencies[candidate.constituency] += 1
         regions[region] += 1
     return chosen
+
+
+def _full(taken: Counter[str], quotas: Mapping[str, int], key: str) -> bool:
+    limit = quotas.get(key)
+    return limit is not None and taken[key] >= limit
 
 
 def assign_slots(
@@ -165,7 +168,7 @@ class Slots:
 class Outcome:
     """The speaking order after a change, and who was added to it."""
 
-    order: list[SpeakerRequest]
+    order: list[tuple[SpeakerRequest, Registration]]
     added: list[int]
 
 
@@ -218,12 +221,12 @@ async def request_to_speak(
 
 async def withdraw(session: AsyncSession, reg: Registration) -> None:
     """The registrant takes back their request; the speakers after them keep their slots."""
+    await lock_events(session, [reg.event_id])  # before reading: no race with a decline
     req = await request_for(session, reg)
     if req is None or req.status == "withdrawn":
         raise NotFound("this registration has no request to speak")
     if req.status == "declined":
         raise Conflict("this request was declined", field="status")
-    await lock_events(session, [req.event_id])
     _take_off(req, "withdrawn")
     await session.flush()
     await _renumber(session, req.event_id)
@@ -295,8 +298,9 @@ async def set_order(
             req = await session.get(SpeakerRequest, request_id)
             if req is None or req.event_id != event.id:
                 raise Invalid("order", f"no speaker request {request_id} for this event")
-            if req.status in OPEN_STATUSES:
-                raise Invalid("order", f"request {request_id}: the registration has no seat")
+            reg = await session.get(Registration, req.registration_id)
+            if reg is not None and reg.status not in SEAT_STATUSES:
+                raise Invalid("order", f"request {request_id}: the registration is {reg.status}")
             raise Invalid("order", f"request {request_id} is {req.status}")
     for req, _ in pool.values():
         if req.status == "selected" and req.id not in seen:
@@ -321,7 +325,7 @@ async def speaking_order(
         )
         .order_by(SpeakerRequest.position, SpeakerRequest.id)
     )
-    return [(req, reg) for req, reg in rows.tuples()]
+    return [(req, reg) for req, reg in rows]
 
 
 def _candidate(req: SpeakerRequest, reg: Registration) -> Candidate:
@@ -347,7 +351,7 @@ async def _open_requests(
         .order_by(SpeakerRequest.created_at, SpeakerRequest.id)
     )
     pool = []
-    for req, reg in rows.tuples():
+    for req, reg in rows:
         if reg.status in SEAT_STATUSES:
             pool.append((req, reg))
         elif req.status == "selected":
@@ -381,26 +385,22 @@ async def _place(
         if new or moved:
             _tell_selected(session, reg, event, req)
     await session.flush()
-    return Outcome([req for req, _ in order], added)
+    return Outcome(order, added)
 
 
 def _tell_selected(
     session: AsyncSession, reg: Registration, event: Event, req: SpeakerRequest
 ) -> None:
-    """Queue "speaker_selected" with the slot added to the usual context.
-
-    notify() builds the context and does not return the row, so the row it added is found
-    among the session's new objects and given the slot.
-    """
-    before = {id(obj) for obj in session.new if isinstance(obj, Notification)}
-    notify(session, reg, event, "speaker_selected", position=req.position)
-    note = next(o for o in session.new if isinstance(o, Notification) and id(o) not in before)
+    """Queue "speaker_selected" with the slot. No position: positions close up when someone
+    leaves the list, slots do not, so the slot is what the mail promises."""
     assert req.slot_start is not None and req.slot_end is not None
-    note.context = {
-        **note.context,
-        "slot_start": req.slot_start.isoformat(),
-        "slot_end": req.slot_end.isoformat(),
-    }
+    notify(
+        session,
+        reg,
+        event,
+        "speaker_selected",
+        extra={"slot_start": req.slot_start.isoformat(), "slot_end": req.slot_end.isoformat()},
+    )
 
 
 async def _renumber(session: AsyncSession, event_id: int) -> None:

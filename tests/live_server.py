@@ -49,7 +49,8 @@ def cli(env: dict[str, str], *args: str) -> str:
 
 
 class LiveServer:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], command: list[str] | None = None) -> None:
+        self.command = command or [*SCHEDULER, "serve"]
         self.env = dict(env)
         self.port = free_port()
         self.env["SCHEDULER_PORT"] = str(self.port)
@@ -58,7 +59,7 @@ class LiveServer:
 
     def start(self) -> None:
         log = open(Path(self.env["SCHEDULER_DATA_DIR"]) / f"server-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([*SCHEDULER, "serve"], env=self.env, stdout=log, stderr=log)
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while True:
             try:
