@@ -56,10 +56,6 @@ async def naive_register(
 
 
 def main() -> None:
-    import gc, os
-
-    if os.environ.get("GCTUNE"):
-        gc.set_threshold(*map(int, os.environ["GCTUNE"].split(",")))
     settings = load_settings()
     app = create_app(settings)
     app.register(naive_register)
