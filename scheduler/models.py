@@ -112,7 +112,12 @@ class Base(DeclarativeBase):
             "pk": "pk_%(table_name)s",
         }
     )
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+        list[int]: JSON,
+    }
 
 
 class Organizer(Base):
@@ -121,6 +126,10 @@ class Organizer(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Where this organizer's reminders go (empty: none).
+    email: Mapped[str] = mapped_column(String(320), default="")
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
@@ -187,6 +196,8 @@ class Event(Base):
     confirmation_required: Mapped[bool] = mapped_column(Boolean, default=True)
     accreditation_required: Mapped[bool] = mapped_column(Boolean, default=False)
     questions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Minutes before the start at which reminders go out; None: the process's policy.
+    reminder_offsets: Mapped[list[int] | None] = mapped_column(JSON)
     # Placement relative to another event (set by templates, kept when that event moves).
     relative_to_id: Mapped[int | None] = mapped_column(
         ForeignKey("events.id", ondelete="SET NULL"), index=True
@@ -217,6 +228,8 @@ class Milestone(Base):
     due_at: Mapped[datetime]
     time_zone: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20), default="draft")
+    # Minutes before the due time at which reminders go out; None: the process's policy.
+    reminder_offsets: Mapped[list[int] | None] = mapped_column(JSON)
     relative_to_id: Mapped[int | None] = mapped_column(
         ForeignKey("events.id", ondelete="SET NULL"), index=True
     )
@@ -320,7 +333,10 @@ class Notification(Base):
     """
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_due", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_notifications_due", "status", "due_at"),
+        Index("ix_notifications_recipient", "recipient_email", "status", "due_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))
@@ -339,6 +355,23 @@ class Notification(Base):
     language: Mapped[str] = mapped_column(String(8), default="en")
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    milestone_id: Mapped[int | None] = mapped_column(
+        ForeignKey("milestones.id", ondelete="SET NULL"), index=True
+    )
+    subscription_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="SET NULL"), index=True
+    )
+    organizer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organizers.id", ondelete="SET NULL"), index=True
+    )
+    # For reminders: minutes before the start, and what they were planned against (the
+    # event's start and sequence). A row whose basis no longer matches is never sent.
+    offset_minutes: Mapped[int | None]
+    basis: Mapped[str] = mapped_column(String(100), default="")
+    # A reminder folded into another person's digest mail points at the row that carried it.
+    sent_with_id: Mapped[int | None] = mapped_column(
+        ForeignKey("notifications.id", ondelete="SET NULL")
+    )
     status: Mapped[str] = mapped_column(String(20), default="planned")
     reason: Mapped[str] = mapped_column(String(500), default="")
     due_at: Mapped[datetime] = mapped_column(default=utc_now)
@@ -348,3 +381,154 @@ class Notification(Base):
     message_id: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     sent_at: Mapped[datetime | None]
+
+
+class ReminderPolicy(Base):
+    """When reminders go out for one kind of event (or for milestones) of a process."""
+
+    __tablename__ = "reminder_policies"
+    __table_args__ = (Index("uq_reminder_policies_kind", "process_id", "kind", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
+    # An event kind, or "milestone".
+    kind: Mapped[str] = mapped_column(String(40))
+    offsets: Mapped[list[int]] = mapped_column(JSON)
+    # Who is reminded: registrants, speakers, organizers (events); subscribers, organizers
+    # (milestones).
+    audiences: Mapped[list[str]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class Subscription(Base):
+    """Someone who asked to be reminded of a process's deadlines (double opt-in)."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (Index("uq_subscriptions_process_email", "process_id", "email", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # pending (until the mailed link is confirmed), active, unsubscribed.
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    token_nonce: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+
+
+class Feed(Base):
+    """An external pledge source, synced over HTTP on a schedule."""
+
+    __tablename__ = "feeds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    format: Mapped[str] = mapped_column(String(10))  # json or csv
+    # Exactly one of: every interval_seconds, or a cron expression (UTC).
+    interval_seconds: Mapped[int | None]
+    cron: Mapped[str | None] = mapped_column(String(100))
+    field_map: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Sent as an HTTP header on each request; stored, never shown back.
+    auth_header_name: Mapped[str] = mapped_column(String(100), default="")
+    auth_header_value: Mapped[str] = mapped_column(String(2000), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    etag: Mapped[str] = mapped_column(String(500), default="")
+    last_modified: Mapped[str] = mapped_column(String(100), default="")
+    next_run_at: Mapped[datetime | None]
+    # A run in progress: the node running it and until when (lease, for several nodes).
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class FeedRun(Base):
+    """One sync of one feed: what it found and how it ended."""
+
+    __tablename__ = "feed_runs"
+    __table_args__ = (Index("ix_feed_runs_feed_started", "feed_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    # running, success, not_modified, failed
+    outcome: Mapped[str] = mapped_column(String(20), default="running")
+    http_status: Mapped[int | None]
+    new: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    withdrawn: Mapped[int] = mapped_column(Integer, default=0)
+    quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    duration_ms: Mapped[int | None]
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Pledge(Base):
+    """A pledge in canonical form, as last seen in its feed."""
+
+    __tablename__ = "pledges"
+    __table_args__ = (
+        Index("uq_pledges_feed_source", "feed_id", "source_id", unique=True),
+        Index("ix_pledges_process_region", "process_id", "region"),
+        Index("ix_pledges_process_country", "process_id", "country"),
+        Index("ix_pledges_process_type", "process_id", "pledger_type"),
+        Index("ix_pledges_process_form", "process_id", "form"),
+        Index("ix_pledges_process_status", "process_id", "status"),
+        Index("ix_pledges_process_submitted", "process_id", "submitted_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"))
+    process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
+    source_id: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str] = mapped_column(String(500))
+    pledger_name: Mapped[str] = mapped_column(String(300))
+    pledger_type: Mapped[str] = mapped_column(String(20))
+    country: Mapped[str | None] = mapped_column(String(3))
+    region: Mapped[str] = mapped_column(String(100), default="")
+    pledge_type: Mapped[str] = mapped_column(String(20))
+    matches_source_id: Mapped[str | None] = mapped_column(String(200))
+    form: Mapped[str] = mapped_column(String(20))
+    objectives: Mapped[list[int]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(40), default="")
+    submitted_at: Mapped[datetime | None]
+    source_updated_at: Mapped[datetime | None]
+    source_url: Mapped[str] = mapped_column(String(2000), default="")
+    # Gone from the source: kept, marked withdrawn, never deleted.
+    withdrawn_at: Mapped[datetime | None]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utc_now)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class PledgeObjective(Base):
+    """One GCM objective (1-23) of a pledge, for fast counts by objective."""
+
+    __tablename__ = "pledge_objectives"
+    __table_args__ = (Index("ix_pledge_objectives_objective", "objective", "pledge_id"),)
+
+    pledge_id: Mapped[int] = mapped_column(
+        ForeignKey("pledges.id", ondelete="CASCADE"), primary_key=True
+    )
+    objective: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class QuarantinedRecord(Base):
+    """A feed record that failed validation, kept with the reason for organizers to see."""
+
+    __tablename__ = "quarantined_records"
+    __table_args__ = (Index("ix_quarantined_feed_run", "feed_id", "run_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("feed_runs.id", ondelete="CASCADE"))
+    source_id: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(String(1000))
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
