@@ -33,7 +33,10 @@ PG_DSN = os.environ.get("SCHEDULER_TEST_PG", "postgresql://postgres@127.0.0.1:54
 
 
 def base_settings(database_url: str, data_dir: Path) -> Settings:
-    return Settings().replace(database_url=database_url, data_dir=data_dir)
+    """Settings for one test: its own database, data folder and mail folder."""
+    return Settings().replace(
+        database_url=database_url, data_dir=data_dir, mail_maildir=data_dir / "mail"
+    )
 
 
 async def _migrate_url(url: str, data_dir: Path) -> None:
