@@ -6,13 +6,15 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import events as svc
 from scheduler.auth import member_of, require
+from scheduler.calendar_cache import AnswerCache, calendar_version, etag
 from scheduler.cascades import Move
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
@@ -166,13 +168,20 @@ class EventController(Controller):
         "/",
         summary="List events",
         description="Published, postponed and cancelled events; an organizer also sees the "
-        "drafts of their processes. `from`/`to` keep events (or series) overlapping the window.",
-        responses=documented(400, 401),
+        "drafts of their processes. `from`/`to` keep events (or series) overlapping the window. "
+        "Public answers carry an ETag; send it back in If-None-Match to get 304 while nothing "
+        "changed.",
+        responses={
+            200: ResponseSpec(data_container=EventPage, description="A page of events"),
+            **documented(400, 401),
+        },
     )
     async def list_events(
         self,
+        request: Request[Any, Any, Any],
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
+        answers: NamedDependency[AnswerCache],
         process_id: Annotated[int | None, QueryParameter(ge=1)] = None,
         kind: FromQuery[svc.EventKind | None] = None,
         status: FromQuery[svc.EventStatus | None] = None,
@@ -180,7 +189,7 @@ class EventController(Controller):
         to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
-    ) -> EventPage:
+    ) -> Response[bytes]:
         check_aware("from", from_)
         check_aware("to", to)
         if from_ is not None and to is not None and to <= from_:
@@ -188,8 +197,22 @@ class EventController(Controller):
         flt = svc.EventFilter(process_id, kind, status, from_, to, limit, offset)
         visible = await member_of(db, organizer)
         async with db.reader() as session:
-            rows = await session.scalars(svc.list_query(flt, visible))
-            return EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
+            if organizer is not None:
+                rows = await session.scalars(svc.list_query(flt, visible))
+                page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
+                return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
+            # The public answer changes only when the calendar does.
+            version = await calendar_version(session)
+            tag = etag(version, flt)
+            if request.headers.get("if-none-match") == tag:
+                return Response(b"", status_code=304, headers={"ETag": tag})
+            body = answers.get(version, flt)
+            if body is None:
+                rows = await session.scalars(svc.list_query(flt, visible))
+                page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
+                body = msgspec.json.encode(page)
+                answers.put(version, flt, body)
+        return Response(body, media_type=MediaType.JSON, headers={"ETag": tag})
 
     @get("/{event_id:int}", summary="Read one event", responses=documented(401, 404))
     async def get_event(

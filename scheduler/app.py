@@ -27,6 +27,7 @@ from scheduler.api_processes import ProcessController, TemplateController
 from scheduler.api_registrations import RegistrationController
 from scheduler.api_speakers import SpeakerController
 from scheduler.auth import provide_organizer
+from scheduler.calendar_cache import AnswerCache
 from scheduler.clock import Clock
 from scheduler.cycle_templates import Template, load_templates
 from scheduler.database import Database, open_database
@@ -100,6 +101,11 @@ def create_app(settings: Settings) -> Litestar:
         value: str = state.settings.public_base_url
         return value
 
+    answers = AnswerCache()
+
+    def provide_answers() -> AnswerCache:
+        return answers
+
     def provide_settings(state: State) -> Settings:
         value: Settings = state.settings
         return value
@@ -118,6 +124,7 @@ def create_app(settings: Settings) -> Litestar:
 
     dependencies: dict[str, Any] = {
         "settings": Provide(provide_settings, sync_to_thread=False),
+        "answers": Provide(provide_answers, sync_to_thread=False),
         "desk": Provide(provide_desk, sync_to_thread=False),
         "worker": Provide(provide_worker, sync_to_thread=False),
         "secret": Provide(provide_secret, sync_to_thread=False),

@@ -20,8 +20,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from scheduler.calendar_cache import bump_on_calendar_change
 from scheduler.settings import PROJECT_ROOT, Settings
 
 
@@ -69,9 +71,20 @@ def open_database(settings: Settings) -> Database:
     return Database(
         writer_engine=writer,
         reader_engine=reader,
-        writer=async_sessionmaker(writer, expire_on_commit=False),
-        reader=async_sessionmaker(reader, expire_on_commit=False),
+        writer=async_sessionmaker(
+            writer, expire_on_commit=False, sync_session_class=TrackedSession
+        ),
+        reader=async_sessionmaker(
+            reader, expire_on_commit=False, sync_session_class=TrackedSession
+        ),
     )
+
+
+class TrackedSession(Session):
+    """A session whose flushes keep the calendar change counter current."""
+
+
+event.listen(TrackedSession, "before_flush", bump_on_calendar_change)
 
 
 def _sqlite_engine(url: URL, settings: Settings, *, pool_size: int, writer: bool) -> AsyncEngine:

@@ -120,6 +120,19 @@ class Base(DeclarativeBase):
     }
 
 
+class ChangeCounter(Base):
+    """A number bumped by every write to a family of tables.
+
+    Readers compare it to decide whether a cached answer still holds; it lives in the
+    database so that every node of a cluster sees the same number.
+    """
+
+    __tablename__ = "change_counters"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Organizer(Base):
     __tablename__ = "organizers"
 

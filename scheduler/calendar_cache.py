@@ -1,0 +1,75 @@
+"""Cached public answers about the calendar (events, milestones, processes).
+
+Every flush that touches an Event, Milestone or Process bumps one database counter in the
+same transaction. A reader asks for the counter (one tiny query) and reuses a finished
+answer, bytes and all, while the counter has not moved. The counter lives in the database,
+so the cache is exact on every node of a cluster; only anonymous answers are cached, as
+organizers also see drafts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from scheduler.models import ChangeCounter, Event, Milestone, Process
+
+CALENDAR = "calendar"
+_TRACKED = (Event, Milestone, Process)
+
+
+def bump_on_calendar_change(session: Session, _context: Any, _instances: Any) -> None:
+    """``before_flush`` hook: the calendar changed, so cached answers are stale."""
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, _TRACKED):
+            insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+            # An upsert, so a missing row (a restored or emptied table) cannot stop the count.
+            session.execute(
+                insert(ChangeCounter)
+                .values(name=CALENDAR, version=1)
+                .on_conflict_do_update(
+                    index_elements=[ChangeCounter.name],
+                    set_={"version": ChangeCounter.version + 1},
+                )
+            )
+            return
+
+
+async def calendar_version(session: AsyncSession) -> int:
+    version = await session.scalar(
+        select(ChangeCounter.version).where(ChangeCounter.name == CALENDAR)
+    )
+    return int(version or 0)
+
+
+def etag(version: int, key: Hashable) -> str:
+    digest = hashlib.blake2b(repr((version, key)).encode(), digest_size=8).hexdigest()
+    return f'W/"{version}-{digest}"'
+
+
+class AnswerCache:
+    """A small LRU of encoded answers, keyed by (counter version, request)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[int, Hashable], bytes] = OrderedDict()
+
+    def get(self, version: int, key: Hashable) -> bytes | None:
+        body = self._items.get((version, key))
+        if body is not None:
+            self._items.move_to_end((version, key))
+        return body
+
+    def put(self, version: int, key: Hashable, body: bytes) -> None:
+        self._items[(version, key)] = body
+        self._items.move_to_end((version, key))
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
