@@ -25,6 +25,17 @@ Language = Annotated[str, Meta(pattern=r"^[a-z]{2,3}$", examples=["en"])]
 Id = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 Capacity = Annotated[int, Meta(ge=0, le=1_000_000)]
 RRuleText = Annotated[str, Meta(max_length=500, examples=["FREQ=WEEKLY;BYDAY=TU;COUNT=10"])]
+# Reminder offsets: whole minutes before the start, at most 365 days, at most 10 of them.
+ReminderOffset = Annotated[int, Meta(ge=1, le=365 * 24 * 60)]
+ReminderOffsets = Annotated[
+    list[ReminderOffset],
+    Meta(
+        max_length=10,
+        description="Minutes before the start (or due time) at which reminders go out; "
+        "[] sends none, null follows the process's policy.",
+        examples=[[10080, 1440, 60]],
+    ),
+]
 PlacementRule = Annotated[
     dict[str, int | str],
     Meta(
@@ -52,6 +63,18 @@ def check_range(field: str, value: datetime | None) -> None:
         ok = False
     if not ok:
         raise Invalid(field, "must be between 1900 and 2199")
+
+
+def check_offsets(field: str, offsets: list[int] | None) -> list[int] | None:
+    """Offsets without repeats, largest (earliest reminder) first; None stays None."""
+    if offsets is None:
+        return None
+    seen: set[int] = set()
+    for index, value in enumerate(offsets):
+        if value in seen:
+            raise Invalid(f"{field}[{index}]", f"{value} is listed twice")
+        seen.add(value)
+    return sorted(offsets, reverse=True)
 
 
 def check_aware(field: str, value: datetime | None) -> None:

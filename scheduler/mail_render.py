@@ -48,11 +48,26 @@ KINDS = (
     "manage_link",
     "speaker_selected",
     "speaker_declined",
+    "event_reminder",
+    "speaker_reminder",
+    "organizer_reminder",
+    "milestone_reminder",
+    "reminder_digest",
+    "event_changed",
+    "event_cancelled",
+    "event_postponed",
+    "subscription_confirm",
 )
 DEFAULT_LANGUAGE = "en"
 RTL_LANGUAGES = frozenset({"ar", "fa", "he", "ur"})
 # Kinds that may still wait for the double opt-in click; the others never show the button.
-_CONFIRMABLE = frozenset({"registration_confirm", "promoted", "approved", "manage_link"})
+_CONFIRMABLE = frozenset(
+    {"registration_confirm", "promoted", "approved", "manage_link", "subscription_confirm"}
+)
+# Kinds that carry the event's current calendar entry (a change replaces the one sent before).
+_CALENDAR_KINDS = frozenset(
+    {"registration_confirmed", "event_changed", "event_cancelled", "event_postponed"}
+)
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 _MAX_HEADER_TEXT = 200
 _RANGE = " \u2013 "  # an en dash between start and end
@@ -124,13 +139,13 @@ def needs_confirmation(notification: Notification) -> bool:
     explicit = (notification.context or {}).get("needs_confirmation")
     if isinstance(explicit, bool):
         return explicit
-    if kind == "registration_confirm":
+    if kind in ("registration_confirm", "subscription_confirm"):
         return True
     return kind != "manage_link" and bool((notification.context or {}).get("hold_expires_at"))
 
 
 def attaches_calendar(notification: Notification) -> bool:
-    return notification.kind == "registration_confirmed" or (
+    return notification.kind in _CALENDAR_KINDS or (
         notification.kind == "promoted" and not needs_confirmation(notification)
     )
 
@@ -163,7 +178,9 @@ def render(
     """The message for one outbox row.
 
     ``links`` may hold ``manage_url``, ``confirm_url`` (shown only while confirmation is
-    needed) and ``event_url`` (the public page, used in the ICS instead of the secret link).
+    needed), ``event_url`` (the public page, used in the ICS instead of the secret link) and
+    ``unsubscribe_url`` (a deadline subscription's one-click unsubscribe, RFC 8058: it goes
+    into the List-Unsubscribe headers, and ``manage_url`` then leads to the subscription).
     """
     kind = notification.kind
     lang = language_of(notification.language or DEFAULT_LANGUAGE)
@@ -185,6 +202,10 @@ def render(
     slot_end = _instant(ctx.get("slot_end"))
     title = one_line(ctx.get("event_title") or (event.title if event else ""), 300)
     position = ctx.get("position")
+    due = _instant(ctx.get("due"))
+    # How far ahead, from the moment of sending (a late reminder says the truth).
+    ahead = start if kind != "milestone_reminder" else due
+    items = [i for i in ctx.get("items") or [] if isinstance(i, dict)]
     values = {
         "name": one_line(notification.recipient_name),
         "event_title": title,
@@ -198,6 +219,11 @@ def render(
         "slot_event_time": _when(slot_start, slot_end, event_tz, locale)
         if slot_start and _offset(slot_start, event_tz) != _offset(slot_start, reader_tz)
         else "",
+        "lead": _lead(ahead, now, locale) if ahead is not None and ahead > now else "",
+        "milestone_title": one_line(ctx.get("milestone_title") or "", 300),
+        "due": _when(due, None, reader_tz, locale) if due else "",
+        "process_name": one_line(ctx.get("process_name") or "", 300),
+        "count": babel.numbers.format_decimal(len(items), locale=locale) if items else "",
     }
 
     confirm = needs_confirmation(notification)
@@ -209,7 +235,11 @@ def render(
         paragraphs.append(common["calendar_attached"])
 
     details: list[Detail] = []
-    if start is not None:
+    if due is not None:
+        details.append(Detail(common["due"], values["due"]))
+    for item in items:
+        details.append(_digest_detail(item, reader_tz, locale, common))
+    if start is not None and not items:
         details.append(Detail(common["when"], _when(start, end, reader_tz, locale)))
         if _offset(start, event_tz) != _offset(start, reader_tz):
             details.append(Detail(common["event_time"], _when(start, end, event_tz, locale)))
@@ -226,6 +256,8 @@ def render(
     greeting = _fill(common["greeting"], values) if name else common["greeting_anonymous"]
     manage_url = links.get("manage_url", "")
     confirm_url = links.get("confirm_url", "")
+    unsubscribe_url = links.get("unsubscribe_url", "")
+    subscribed = bool(unsubscribe_url)
     page = {
         "lang": lang,
         "dir": "rtl" if lang in RTL_LANGUAGES else "ltr",
@@ -234,8 +266,15 @@ def render(
         "greeting": greeting,
         "paragraphs": paragraphs,
         "details": details,
-        "confirm": Link(common["confirm"], confirm_url) if confirm and confirm_url else None,
-        "manage": Link(common["manage"], manage_url) if manage_url else None,
+        "confirm": Link(
+            common["confirm_subscription" if kind == "subscription_confirm" else "confirm"],
+            confirm_url,
+        )
+        if confirm and confirm_url
+        else None,
+        "manage": Link(common["manage_subscription" if subscribed else "manage"], manage_url)
+        if manage_url
+        else None,
         "footer": common["footer"],
     }
     text_layout, html_layout = _layouts()
@@ -250,6 +289,10 @@ def render(
     )
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
+    if unsubscribe_url:
+        # RFC 8058 one-click: mail programs POST "List-Unsubscribe=One-Click" to the URL.
+        msg["List-Unsubscribe"] = f"<{one_line(unsubscribe_url, 2000)}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(text_layout.render(page))
     msg.add_alternative(html_layout.render(page), subtype="html")
     if calendar and event is not None:
@@ -262,10 +305,33 @@ def render(
         )
     # After the parts: set_content() drops every Content-* header already there.
     msg["Content-Language"] = lang
-    for header in ("From", "To", "Subject"):
-        if any(ch in str(msg[header]) for ch in "\r\n"):  # the last line of defence
+    for header in ("From", "To", "Subject", "List-Unsubscribe"):
+        # The last line of defence.
+        if msg[header] is not None and any(ch in str(msg[header]) for ch in "\r\n"):
             raise RenderError(f"{header} would span lines: {str(msg[header])!r}")
     return msg
+
+
+def _lead(instant: datetime, now: datetime, locale: Locale) -> str:
+    """``in 1 hour``, ``dans 7 jours``: how long until ``instant``, in the reader's language."""
+    text: str = babel.dates.format_timedelta(instant - now, add_direction=True, locale=locale)
+    return text
+
+
+def _digest_detail(
+    item: dict[str, Any], reader_tz: ZoneInfo, locale: Locale, common: dict[str, str]
+) -> Detail:
+    """One reminder of a digest: its title, and when (the speaking slot when there is one)."""
+    title = one_line(item.get("title") or "", 300)
+    slot = _instant(item.get("slot_start"))
+    if slot is not None:
+        return Detail(
+            f"{title} ({common['speaking_slot']})",
+            _when(slot, _instant(item.get("slot_end")), reader_tz, locale),
+        )
+    start = _instant(item.get("start"))
+    when = _when(start, _instant(item.get("end")), reader_tz, locale) if start else ""
+    return Detail(title, when)
 
 
 def _fill(template: str, values: dict[str, str]) -> str:

@@ -3,6 +3,8 @@
 A token is ``<registration id>.<signature>``, the signature an HMAC of the id and the
 registration's nonce. Giving the registration a new nonce revokes every link mailed before.
 A forged token fails the HMAC check before any lookup tells whether the id exists.
+Other kinds of link (deadline subscriptions) sign with their own ``purpose`` prefix, so a
+token made for one kind of row can never open a row of another kind with the same id.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def sign(registration_id: int, nonce: str, secret: bytes) -> str:
-    mac = hmac.new(secret, f"{registration_id}:{nonce}".encode(), hashlib.sha256).digest()
+def sign(registration_id: int, nonce: str, secret: bytes, purpose: str = "") -> str:
+    message = f"{purpose}{registration_id}:{nonce}".encode()
+    mac = hmac.new(secret, message, hashlib.sha256).digest()
     return f"{registration_id}.{base64.urlsafe_b64encode(mac[:24]).decode().rstrip('=')}"
 
 
@@ -36,11 +39,11 @@ def registration_id_of(token: str) -> int | None:
     return registration_id if registration_id <= MAX_ID else None
 
 
-def verify(token: str, nonce: str, secret: bytes) -> bool:
+def verify(token: str, nonce: str, secret: bytes, purpose: str = "") -> bool:
     registration_id = registration_id_of(token)
     if registration_id is None:
         return False
-    return hmac.compare_digest(sign(registration_id, nonce, secret), token)
+    return hmac.compare_digest(sign(registration_id, nonce, secret, purpose), token)
 
 
 def load_secret(configured: str, data_dir: Path) -> bytes:

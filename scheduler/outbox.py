@@ -5,9 +5,15 @@ A crash between commit and delivery loses nothing: the row stays ``planned`` (or
 the Message-ID is fixed per row, so the rare resend after a crash is recognisable.
 
 One pass of the worker: claim a batch of due rows in a short write transaction (``FOR
-UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has a single writer), render (in a thread) and
-send outside any transaction, and record the results in short write transactions as they
-come in (every RECORD_INTERVAL), so that a crash resends little.
+UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has a single writer), check the reminders among
+them against the current state (``reminder_checks``: stale ones cancelled, late ones
+skipped, one digest per person), render (in a thread) and send outside any transaction,
+and record the results in short write transactions as they come in (every
+RECORD_INTERVAL), so that a crash resends little.
+
+The clock wakes the loop: after each pass the worker arms an APScheduler date job at the
+next due time (``arm``, also called after a commit that plans an earlier reminder); the
+clock's periodic sweep is the safety net. Without a clock the loop times its own waits.
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
+from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import manage_links
+from scheduler import manage_links, reminder_checks
 from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.mail import DeliveryError, MailSender
 from scheduler.mail_render import KINDS, RenderError, message_id_for, render
-from scheduler.models import Event, Notification, Registration, utc_now
+from scheduler.models import Event, Notification, Registration, Subscription, utc_now
 from scheduler.settings import Settings
 
 log = logging.getLogger("scheduler.outbox")
@@ -40,6 +47,11 @@ RECORD_INTERVAL = 0.05  # seconds between the write transactions recording a bat
 # Where mailed links point, below the public base URL; {token} is the signed manage token.
 MANAGE_PATH = "/registrations/{token}"
 CONFIRM_PATH = "/registrations/{token}/confirm"
+# A deadline subscription: its page (confirm, unsubscribe) and the one-click unsubscribe.
+SUBSCRIPTION_PATH = "/subscriptions/{token}"
+UNSUBSCRIBE_PATH = "/api/subscriptions/{token}/unsubscribe"
+SUBSCRIPTION_PURPOSE = "sub:"  # signing context of subscription links (see manage_links)
+NEXT_DUE_JOB = "outbox-next-due"
 _MAX_ERROR_CHARS = 2000
 
 
@@ -158,10 +170,45 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._clock: Clock | None = None
+        self._armed_at: datetime | None = None
 
     def kick(self) -> None:
         """Wake the loop soon (call from the event loop, after the commit)."""
         self._wake.set()
+
+    def arm(self, due_at: datetime | None) -> None:
+        """Wake the loop at ``due_at`` (a date job on the clock) unless it wakes earlier.
+
+        Call after a commit that planned something; a time already past wakes it now.
+        Without a running clock the loop times its own waits, so it is simply kicked.
+        """
+        if due_at is None:
+            return
+        clock = self._clock
+        if clock is None or not clock.running or due_at <= utc_now():
+            self.kick()
+            return
+        armed = self._armed_at
+        if armed is not None and armed <= due_at and clock.scheduler.get_job(NEXT_DUE_JOB):
+            return
+        self._armed_at = due_at
+        clock.scheduler.add_job(
+            self._fire,
+            DateTrigger(run_date=due_at),
+            id=NEXT_DUE_JOB,
+            replace_existing=True,
+            misfire_grace_time=None,  # late (a busy loop) is still worth waking for
+        )
+
+    @property
+    def armed_at(self) -> datetime | None:
+        """When the clock will next wake the loop (None: only the sweep will)."""
+        return self._armed_at
+
+    async def _fire(self) -> None:
+        self._armed_at = None
+        self.kick()
 
     def start(self) -> None:
         """Start the delivery loop in the running event loop (no-op if mail is disabled)."""
@@ -185,7 +232,9 @@ class OutboxWorker:
         await self.sender.close()
 
     def schedule(self, clock: Clock) -> None:
-        """A sweep on the clock as well, so a missed kick delays mail by one interval at most."""
+        """Let the clock wake the loop at each next due time, and sweep as well, so that a
+        missed wake delays mail by one interval at most."""
+        self._clock = clock
         clock.scheduler.add_job(
             self._sweep,
             "interval",
@@ -222,8 +271,20 @@ class OutboxWorker:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _idle_seconds(self, now: datetime) -> float:
-        """Until the next row falls due or a lease runs out, at most the sweep interval."""
+        """How long to wait: the sweep interval when the clock is armed for the next due
+        time, else until that time (at most the sweep interval)."""
         sweep = float(self.settings.mail_sweep_seconds)
+        wake_at = await self._next_wake(now)
+        if wake_at is None:
+            return sweep
+        clock = self._clock
+        if clock is not None and clock.running and wake_at > now:
+            self.arm(wake_at)
+            return sweep
+        return min(max((wake_at - now).total_seconds(), 0.0), sweep)
+
+    async def _next_wake(self, now: datetime) -> datetime | None:
+        """When the next row falls due or the next lease runs out."""
         try:
             async with self.db.reader() as session:
                 due = await session.scalar(
@@ -236,13 +297,10 @@ class OutboxWorker:
                 )
         except Exception:
             log.exception("cannot read the next due time")
-            return sweep
-        times = [t for t in (due, lease) if t is not None]
-        if not times:
-            return sweep
+            return None
         # A lease counts as ended strictly after lease_until: wake just past it.
-        wait = (min(times) - now).total_seconds() + (0.01 if lease in times else 0.0)
-        return min(max(wait, 0.0), sweep)
+        times = [t for t in (due, lease + timedelta(milliseconds=10) if lease else None) if t]
+        return min(times) if times else None
 
     async def _pass(self, now: datetime) -> tuple[int, int]:
         if not self.settings.mail_enabled:
@@ -258,14 +316,25 @@ class OutboxWorker:
                 mail_from=s.mail_from,
             )
             due: list[Notification] = []
+            given_up: list[Notification] = []
             for note in rows:
                 if note.attempts > s.mail_max_attempts:
                     # Its earlier senders died holding it (the lease ran out each time).
                     note.status = "failed"
                     note.lease_until = None
                     note.last_error = f"gave up after {note.attempts - 1} attempts: lease expired"
+                    given_up.append(note)
                 else:
                     due.append(note)
+            await reminder_checks.settle_digests(session, given_up, now)
+            due = await reminder_checks.screen(
+                session,
+                due,
+                now,
+                lease_until=now + timedelta(seconds=s.mail_lease_seconds),
+                is_sqlite=self.db.is_sqlite,
+                mail_from=s.mail_from,
+            )
         if not rows:
             return 0, 0
         if not due:
@@ -273,8 +342,10 @@ class OutboxWorker:
         # Stop starting sends well before the lease ends, so no other sender takes them over.
         margin = min(float(s.smtp_timeout_seconds), s.mail_lease_seconds / 2)
         deadline = time.monotonic() + s.mail_lease_seconds - margin
-        registrations, events = await self._load(due)
-        jobs = await asyncio.to_thread(self._render_all, due, registrations, events, now)
+        registrations, events, subscriptions = await self._load(due)
+        jobs = await asyncio.to_thread(
+            self._render_all, due, registrations, events, subscriptions, now
+        )
         slots = asyncio.Semaphore(s.smtp_pool_size)
         pending = {asyncio.ensure_future(self._deliver(job, slots, deadline)): job for job in jobs}
         try:
@@ -291,10 +362,19 @@ class OutboxWorker:
 
     async def _load(
         self, notes: list[Notification]
-    ) -> tuple[dict[int, Registration], dict[int, Event]]:
+    ) -> tuple[dict[int, Registration], dict[int, Event], dict[int, Subscription]]:
         registration_ids = {n.registration_id for n in notes if n.registration_id is not None}
         event_ids = {n.event_id for n in notes if n.event_id is not None}
+        subscription_ids = {n.subscription_id for n in notes if n.subscription_id is not None}
+        subscriptions: dict[int, Subscription] = {}
         async with self.db.reader() as session:
+            if subscription_ids:
+                subscriptions = {
+                    sub.id: sub
+                    for sub in await session.scalars(
+                        select(Subscription).where(Subscription.id.in_(subscription_ids))
+                    )
+                }
             registrations = {
                 r.id: r
                 for r in await session.scalars(
@@ -304,11 +384,23 @@ class OutboxWorker:
             events = {
                 e.id: e for e in await session.scalars(select(Event).where(Event.id.in_(event_ids)))
             }
-        return registrations, events
+        return registrations, events, subscriptions
 
-    def _links(self, note: Notification, registration: Registration | None) -> dict[str, str]:
+    def _links(
+        self,
+        note: Notification,
+        registration: Registration | None,
+        subscription: Subscription | None = None,
+    ) -> dict[str, str]:
         links: dict[str, str] = {}
-        if registration is not None:
+        if subscription is not None:
+            token = manage_links.sign(
+                subscription.id, subscription.token_nonce, self.secret, SUBSCRIPTION_PURPOSE
+            )
+            page = self.base_url + SUBSCRIPTION_PATH.format(token=token)
+            links["manage_url"] = links["confirm_url"] = page
+            links["unsubscribe_url"] = self.base_url + UNSUBSCRIBE_PATH.format(token=token)
+        elif registration is not None:
             token = manage_links.sign(registration.id, registration.token_nonce, self.secret)
             links["manage_url"] = self.base_url + MANAGE_PATH.format(token=token)
             links["confirm_url"] = self.base_url + CONFIRM_PATH.format(token=token)
@@ -321,6 +413,7 @@ class OutboxWorker:
         notes: Iterable[Notification],
         registrations: dict[int, Registration],
         events: dict[int, Event],
+        subscriptions: dict[int, Subscription],
         now: datetime,
     ) -> list[_Job]:
         """Runs in a worker thread: a message costs a few milliseconds of CPU (MIME, ICS)."""
@@ -332,7 +425,9 @@ class OutboxWorker:
                 job.message = render(
                     note,
                     event=events.get(note.event_id or 0),
-                    links=self._links(note, registration),
+                    links=self._links(
+                        note, registration, subscriptions.get(note.subscription_id or 0)
+                    ),
                     mail_from=self.settings.mail_from,
                     now=now,
                 )
@@ -394,6 +489,8 @@ class OutboxWorker:
                         note.status = "planned"
                         note.due_at = now + retry_delay(note.attempts, s.mail_retry_seconds)
                         note.last_error = reason
+            # Reminders carried by a digest follow it once it is sent or has failed for good.
+            await reminder_checks.settle_digests(session, list(rows.values()), now)
 
 
 def planned_row(

@@ -66,6 +66,28 @@ class Settings:
     smtp_starttls: bool = False
     smtp_pool_size: int = 4
     smtp_timeout_seconds: int = 30
+    # Pledge feeds. Hosts feeds may be fetched from, comma-separated ("*.example.org" for its
+    # subdomains); empty: no feed can be registered. Nothing else is ever requested.
+    feeds_allowed_hosts: str = ""
+    # Follow a redirect to another allow-listed host (same host only when false).
+    feeds_redirect_other_hosts: bool = False
+    feeds_connect_timeout_seconds: int = 10
+    feeds_read_timeout_seconds: int = 30
+    # A whole run (every page, retries and waits) stops after this long.
+    feeds_run_timeout_seconds: int = 900
+    feeds_max_bytes: int = 268_435_456
+    feeds_max_record_bytes: int = 1_048_576
+    feeds_max_pages: int = 10_000
+    feeds_max_redirects: int = 5
+    feeds_max_retries: int = 3
+    feeds_retry_base_ms: int = 1000
+    feeds_max_retry_after_seconds: int = 600
+    feeds_lease_seconds: int = 300
+    feeds_min_interval_seconds: int = 300
+    feeds_reconcile_seconds: int = 60
+    feeds_batch_size: int = 1000
+    feeds_keep_runs: int = 200
+    feeds_quarantine_limit: int = 1000
 
     @property
     def public_base_url(self) -> str:
@@ -191,4 +213,39 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError("smtp_port", "must be between 1 and 65535")
     if settings.database_busy_timeout_ms < 0:
         raise SettingsError("database_busy_timeout_ms", "must not be negative")
+    _validate_feeds(settings)
     return settings
+
+
+def _validate_feeds(settings: Settings) -> None:
+    for entry in settings.feeds_allowed_hosts.split(","):
+        entry = entry.strip()
+        if entry and (entry == "*" or any(c in entry for c in "/ @?#") or "://" in entry):
+            raise SettingsError(
+                "feeds_allowed_hosts", f"list host names such as pledges.example.org, got {entry!r}"
+            )
+    for key in (
+        "feeds_connect_timeout_seconds",
+        "feeds_read_timeout_seconds",
+        "feeds_run_timeout_seconds",
+        "feeds_max_record_bytes",
+        "feeds_max_pages",
+        "feeds_lease_seconds",
+        "feeds_min_interval_seconds",
+        "feeds_reconcile_seconds",
+        "feeds_batch_size",
+        "feeds_keep_runs",
+    ):
+        if getattr(settings, key) < 1:
+            raise SettingsError(key, "must be at least 1")
+    for key in (
+        "feeds_max_redirects",
+        "feeds_max_retries",
+        "feeds_retry_base_ms",
+        "feeds_max_retry_after_seconds",
+        "feeds_quarantine_limit",
+    ):
+        if getattr(settings, key) < 0:
+            raise SettingsError(key, "must not be negative")
+    if settings.feeds_max_bytes < 1024:
+        raise SettingsError("feeds_max_bytes", "must be at least 1024")
