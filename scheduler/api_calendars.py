@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
 from sqlalchemy import select
 
 from scheduler import events as event_svc
@@ -13,6 +12,7 @@ from scheduler.calendars import CalendarEntry, build_calendar
 from scheduler.database import Database
 from scheduler.errors import documented
 from scheduler.events import parse_exdates
+from scheduler.fields import PathId
 from scheduler.milestones import visible_clause as milestones_visible
 from scheduler.models import Event, Milestone, Organizer, Process, utc_now
 from scheduler.processes import get_process
@@ -32,7 +32,7 @@ def event_entry(e: Event, base_url: NamedDependency[str]) -> CalendarEntry:
         status=e.status,
         description=e.description,
         location=location,
-        url=f"{base_url}/api/events/{e.id}",
+        url=f"{base_url}/events/{e.id}",
         rrule=e.rrule,
         exdates=parse_exdates(e),
         created=e.created_at,
@@ -81,7 +81,7 @@ class CalendarController(Controller):
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
         base_url: NamedDependency[str],
-        process_id: FromPath[int],
+        process_id: PathId,
     ) -> Response[bytes]:
         visible = await member_of(db, organizer)
         async with db.reader() as session:
@@ -112,7 +112,7 @@ class CalendarController(Controller):
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
         base_url: NamedDependency[str],
-        event_id: FromPath[int],
+        event_id: PathId,
     ) -> Response[bytes]:
         visible = await member_of(db, organizer)
         async with db.reader() as session:

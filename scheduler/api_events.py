@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import events as svc
@@ -18,10 +18,11 @@ from scheduler.calendar_cache import AnswerCache, calendar_version, etag
 from scheduler.cascades import Move
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
-from scheduler.fields import AwareDatetime, check_aware
+from scheduler.fields import ID_MAX, AwareDatetime, PathId, check_aware
 from scheduler.models import Event, Milestone, Organizer, utc_now
 from scheduler.organizers import process_ids_of, require_member
 from scheduler.outbox import OutboxWorker
+from scheduler.reminders import earliest_planned
 from scheduler.settings import Settings
 from scheduler.timezones import local_iso
 
@@ -29,7 +30,7 @@ from scheduler.timezones import local_iso
 class EventOut(msgspec.Struct):
     id: int
     uid: str
-    process_id: FromPath[int]
+    process_id: PathId
     parent_id: int | None
     kind: str
     title: str
@@ -58,6 +59,7 @@ class EventOut(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     calendar_url: str
+    reminder_offsets: list[int] | None
 
 
 class EventPage(msgspec.Struct):
@@ -131,6 +133,7 @@ def event_out(e: Event) -> EventOut:
         created_at=e.created_at,
         updated_at=e.updated_at,
         calendar_url=f"/api/events/{e.id}/calendar.ics",
+        reminder_offsets=e.reminder_offsets,
     )
 
 
@@ -181,14 +184,14 @@ class EventController(Controller):
         request: Request[Any, Any, Any],
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        answers: NamedDependency[AnswerCache],
-        process_id: Annotated[int | None, QueryParameter(ge=1)] = None,
+        answer_cache: NamedDependency[AnswerCache],
+        process_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
         kind: FromQuery[svc.EventKind | None] = None,
         status: FromQuery[svc.EventStatus | None] = None,
         from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
         to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=ID_MAX)] = 0,
     ) -> Response[bytes]:
         check_aware("from", from_)
         check_aware("to", to)
@@ -206,12 +209,12 @@ class EventController(Controller):
             tag = etag(version, flt)
             if request.headers.get("if-none-match") == tag:
                 return Response(b"", status_code=304, headers={"ETag": tag})
-            body = answers.get(version, flt)
+            body = answer_cache.get(version, flt)
             if body is None:
                 rows = await session.scalars(svc.list_query(flt, visible))
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
                 body = msgspec.json.encode(page)
-                answers.put(version, flt, body)
+                answer_cache.put(version, flt, body)
         return Response(body, media_type=MediaType.JSON, headers={"ETag": tag})
 
     @get("/{event_id:int}", summary="Read one event", responses=documented(401, 404))
@@ -219,7 +222,7 @@ class EventController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        event_id: PathId,
     ) -> EventOut:
         visible = await member_of(db, organizer)
         async with db.reader() as session:
@@ -236,12 +239,15 @@ class EventController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
+        worker: NamedDependency[OutboxWorker],
         data: JSONBody[svc.EventCreate],
     ) -> EventOut:
         who = require(organizer)
         async with db.writer.begin() as session:
             await require_member(session, who, data.process_id)
-            return event_out(await svc.create_event(session, data))
+            out = event_out(await svc.create_event(session, data, utc_now()))
+        worker.arm(earliest_planned(session))
+        return out
 
     @patch(
         "/{event_id:int}",
@@ -256,7 +262,7 @@ class EventController(Controller):
         organizer: NamedDependency[Organizer | None],
         settings: NamedDependency[Settings],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
+        event_id: PathId,
         data: JSONBody[svc.EventPatch],
     ) -> EventChange:
         who = require(organizer)
@@ -267,6 +273,7 @@ class EventController(Controller):
             moves = await svc.update_event(session, event, data, utc_now(), hold)
             change = EventChange(event=event_out(event), moved=await moves_out(session, moves))
         worker.kick()
+        worker.arm(earliest_planned(session))
         return change
 
     @post(
@@ -282,26 +289,36 @@ class EventController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        worker: NamedDependency[OutboxWorker],
+        event_id: PathId,
         data: JSONBody[MoveRequest],
     ) -> MoveResult:
         who = require(organizer)
+        now = utc_now()
         async with db.writer.begin() as session:
             event = await svc.get_event(session, event_id, await process_ids_of(session, who.id))
             await require_member(session, who, event.process_id)
+            old_times = (event.starts_at, event.ends_at)
             moves = await svc.move_event(
-                session, event, data.start, data.end, utc_now(), pin=data.pin, preview=data.preview
+                session, event, data.start, data.end, now, pin=data.pin, preview=data.preview
             )
             if not data.preview:
                 event.sequence += 1
-            return MoveResult(preview=data.preview, moved=await moves_out(session, moves))
+                await session.flush()
+                await svc.plan_reminders(
+                    session, event, moves, now, old_status=event.status, old_times=old_times
+                )
+            result = MoveResult(preview=data.preview, moved=await moves_out(session, moves))
+        worker.kick()
+        worker.arm(earliest_planned(session))
+        return result
 
     @delete("/{event_id:int}", summary="Delete an event", responses=documented(401, 403, 404))
     async def delete_event(
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        event_id: PathId,
     ) -> None:
         who = require(organizer)
         async with db.writer.begin() as session:

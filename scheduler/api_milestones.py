@@ -8,23 +8,25 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from scheduler import milestones as svc
 from scheduler.auth import member_of, require
 from scheduler.database import Database
 from scheduler.errors import documented
-from scheduler.fields import AwareDatetime, check_aware
-from scheduler.models import Milestone, Organizer
+from scheduler.fields import ID_MAX, AwareDatetime, PathId, check_aware
+from scheduler.models import Milestone, Organizer, utc_now
 from scheduler.organizers import process_ids_of, require_member
+from scheduler.outbox import OutboxWorker
+from scheduler.reminders import earliest_planned
 from scheduler.timezones import local_iso
 
 
 class MilestoneOut(msgspec.Struct):
     id: int
     uid: str
-    process_id: FromPath[int]
-    event_id: FromPath[int] | None
+    process_id: PathId
+    event_id: PathId | None
     kind: str
     title: str
     description: str
@@ -38,6 +40,7 @@ class MilestoneOut(msgspec.Struct):
     sequence: int
     created_at: datetime
     updated_at: datetime
+    reminder_offsets: list[int] | None
 
 
 def milestone_out(m: Milestone) -> MilestoneOut:
@@ -59,6 +62,7 @@ def milestone_out(m: Milestone) -> MilestoneOut:
         sequence=m.sequence,
         created_at=m.created_at,
         updated_at=m.updated_at,
+        reminder_offsets=m.reminder_offsets,
     )
 
 
@@ -71,7 +75,7 @@ class MilestoneController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        process_id: Annotated[int | None, QueryParameter(ge=1)] = None,
+        process_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
         kind: FromQuery[svc.MilestoneKind | None] = None,
         from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
         to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
@@ -88,7 +92,7 @@ class MilestoneController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        milestone_id: FromPath[int],
+        milestone_id: PathId,
     ) -> MilestoneOut:
         visible = await member_of(db, organizer)
         async with db.reader() as session:
@@ -105,12 +109,15 @@ class MilestoneController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
+        worker: NamedDependency[OutboxWorker],
         data: JSONBody[svc.MilestoneCreate],
     ) -> MilestoneOut:
         who = require(organizer)
         async with db.writer.begin() as session:
             await require_member(session, who, data.process_id)
-            return milestone_out(await svc.create_milestone(session, data))
+            out = milestone_out(await svc.create_milestone(session, data, utc_now()))
+        worker.arm(earliest_planned(session))
+        return out
 
     @patch(
         "/{milestone_id:int}",
@@ -122,7 +129,8 @@ class MilestoneController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        milestone_id: FromPath[int],
+        worker: NamedDependency[OutboxWorker],
+        milestone_id: PathId,
         data: JSONBody[svc.MilestonePatch],
     ) -> MilestoneOut:
         who = require(organizer)
@@ -131,8 +139,10 @@ class MilestoneController(Controller):
                 session, milestone_id, await process_ids_of(session, who.id)
             )
             await require_member(session, who, row.process_id)
-            await svc.update_milestone(session, row, data)
-            return milestone_out(row)
+            await svc.update_milestone(session, row, data, utc_now())
+            out = milestone_out(row)
+        worker.arm(earliest_planned(session))
+        return out
 
     @delete(
         "/{milestone_id:int}", summary="Delete a milestone", responses=documented(401, 403, 404)
@@ -141,7 +151,7 @@ class MilestoneController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        milestone_id: FromPath[int],
+        milestone_id: PathId,
     ) -> None:
         who = require(organizer)
         async with db.writer.begin() as session:
@@ -149,4 +159,4 @@ class MilestoneController(Controller):
                 session, milestone_id, await process_ids_of(session, who.id)
             )
             await require_member(session, who, row.process_id)
-            await session.delete(row)
+            await svc.delete_milestone(session, row)

@@ -1,7 +1,9 @@
-"""HTTP route for the outbox: what was mailed to whom, and what is stuck or failed.
+"""HTTP route for the outbox and reminder ledger: what was (or will be) mailed to whom, and
+what is stuck, failed, skipped or cancelled, and why.
 
 Organizers only, and only messages about their own processes: a message belongs to the
-process of its event, or else of its registration's event.
+process of its event, its registration, its milestone or its subscription; an organizer
+also sees the messages addressed to them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 
 from scheduler.auth import require
 from scheduler.database import Database
-from scheduler.errors import documented
-from scheduler.models import Event, Notification, Organizer, Registration
+from scheduler.errors import Invalid, documented
+from scheduler.fields import ID_MAX, AwareDatetime, check_aware
+from scheduler.models import Event, Milestone, Notification, Organizer, Registration, Subscription
 from scheduler.organizers import process_ids_of
 
 NotificationStatus = Literal["planned", "sending", "sent", "failed", "skipped", "cancelled"]
@@ -42,6 +45,12 @@ class NotificationOut(msgspec.Struct):
     message_id: str
     event_id: int | None
     registration_id: int | None
+    milestone_id: int | None
+    subscription_id: int | None
+    organizer_id: int | None
+    offset_minutes: int | None
+    basis: str
+    sent_with_id: int | None
 
 
 class NotificationPage(msgspec.Struct):
@@ -67,16 +76,33 @@ def notification_out(n: Notification) -> NotificationOut:
         message_id=n.message_id,
         event_id=n.event_id,
         registration_id=n.registration_id,
+        milestone_id=n.milestone_id,
+        subscription_id=n.subscription_id,
+        organizer_id=n.organizer_id,
+        offset_minutes=n.offset_minutes,
+        basis=n.basis,
+        sent_with_id=n.sent_with_id,
     )
 
 
-def visible_query(process_ids: set[int]) -> Select[Notification]:
-    """Messages whose event, or whose registration, is in one of ``process_ids``."""
+def visible_query(process_ids: set[int], organizer_id: int | None = None) -> Select[Notification]:
+    """Messages whose event, registration, milestone or subscription is in one of
+    ``process_ids``, and those addressed to the organizer ``organizer_id``."""
+    visible: list[ColumnElement[bool]] = [
+        Event.process_id.in_(process_ids),
+        Registration.process_id.in_(process_ids),
+        Milestone.process_id.in_(process_ids),
+        Subscription.process_id.in_(process_ids),
+    ]
+    if organizer_id is not None:
+        visible.append(Notification.organizer_id == organizer_id)
     return (
         select(Notification)
         .outerjoin(Event, Event.id == Notification.event_id)
         .outerjoin(Registration, Registration.id == Notification.registration_id)
-        .where(or_(Event.process_id.in_(process_ids), Registration.process_id.in_(process_ids)))
+        .outerjoin(Milestone, Milestone.id == Notification.milestone_id)
+        .outerjoin(Subscription, Subscription.id == Notification.subscription_id)
+        .where(or_(*visible))
     )
 
 
@@ -87,9 +113,11 @@ class NotificationController(Controller):
     @get(
         "/",
         summary="List outgoing messages",
-        description="Messages about the events of the caller's processes, newest first: "
-        "recipient, kind, status (planned, sending, sent, failed, skipped, cancelled), "
-        "attempts, timestamps and the last delivery error.",
+        description="Messages and reminders about the caller's processes, newest first: "
+        "recipient, kind, due time, status (planned, sending, sent, failed, skipped, "
+        "cancelled) with the reason, attempts, timestamps and the last delivery error. A "
+        "reminder carried by a digest mail points at it with `sent_with_id`. `from`/`to` "
+        "keep the messages due in that window.",
         responses=documented(400, 401),
     )
     async def list_notifications(
@@ -98,20 +126,36 @@ class NotificationController(Controller):
         organizer: NamedDependency[Organizer | None],
         status: FromQuery[NotificationStatus | None] = None,
         kind: FromQuery[NotificationKind | None] = None,
-        event_id: Annotated[int | None, QueryParameter(ge=1)] = None,
+        event_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
+        milestone_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
+        registration_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
         recipient: FromQuery[RecipientEmail | None] = None,
+        from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
+        to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=ID_MAX)] = 0,
     ) -> NotificationPage:
         who = require(organizer)
+        check_aware("from", from_)
+        check_aware("to", to)
+        if from_ is not None and to is not None and to <= from_:
+            raise Invalid("to", "must be after from")
         async with db.reader() as session:
-            stmt = visible_query(await process_ids_of(session, who.id))
+            stmt = visible_query(await process_ids_of(session, who.id), who.id)
             if status is not None:
                 stmt = stmt.where(Notification.status == status)
             if kind is not None:
                 stmt = stmt.where(Notification.kind == kind)
             if event_id is not None:
                 stmt = stmt.where(Notification.event_id == event_id)
+            if milestone_id is not None:
+                stmt = stmt.where(Notification.milestone_id == milestone_id)
+            if registration_id is not None:
+                stmt = stmt.where(Notification.registration_id == registration_id)
+            if from_ is not None:
+                stmt = stmt.where(Notification.due_at >= from_)
+            if to is not None:
+                stmt = stmt.where(Notification.due_at < to)
             if recipient is not None:
                 email = recipient.strip().lower()
                 stmt = stmt.where(func.lower(Notification.recipient_email) == email)

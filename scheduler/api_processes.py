@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from sqlalchemy import select
 
 from scheduler import processes as svc
@@ -18,7 +18,7 @@ from scheduler.auth import member_of, require
 from scheduler.cycle_templates import Template
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
-from scheduler.fields import AwareDatetime, check_aware
+from scheduler.fields import AwareDatetime, PathId, check_aware
 from scheduler.models import Organizer, Process, utc_now
 from scheduler.organizers import require_member
 from scheduler.timezones import local_iso
@@ -103,9 +103,7 @@ class ProcessController(Controller):
             return [process_out(p) for p in rows]
 
     @get("/{process_id:int}", summary="Read one process", responses=documented(404))
-    async def get_process(
-        self, db: NamedDependency[Database], process_id: FromPath[int]
-    ) -> ProcessOut:
+    async def get_process(self, db: NamedDependency[Database], process_id: PathId) -> ProcessOut:
         async with db.reader() as session:
             return process_out(await svc.get_process(session, process_id))
 
@@ -134,7 +132,7 @@ class ProcessController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        process_id: FromPath[int],
+        process_id: PathId,
         data: JSONBody[svc.ProcessPatch],
     ) -> ProcessOut:
         who = require(organizer)
@@ -155,7 +153,7 @@ class ProcessController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        process_id: FromPath[int],
+        process_id: PathId,
         from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
         to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
     ) -> Timeline:
@@ -203,7 +201,7 @@ class ProcessController(Controller):
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
         templates: NamedDependency[dict[str, Template]],
-        process_id: FromPath[int],
+        process_id: PathId,
         data: JSONBody[svc.Instantiate],
     ) -> Instantiated:
         who = require(organizer)

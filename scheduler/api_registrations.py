@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, get, patch, post
+from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy import func, or_, select
@@ -20,12 +21,14 @@ from scheduler.auth import require
 from scheduler.calendars import CalendarEntry, build_calendar
 from scheduler.database import Database
 from scheduler.errors import Gone, NotFound, documented
-from scheduler.fields import AwareDatetime
+from scheduler.fields import ID_MAX, AwareDatetime, PathId
 from scheduler.manage_links import new_nonce, registration_id_of, verify
-from scheduler.models import Event, Organizer, Registration, SpeakerRequest, utc_now
+from scheduler.models import Event, Notification, Organizer, Registration, SpeakerRequest, utc_now
 from scheduler.organizers import require_member
 from scheduler.outbox import OutboxWorker
+from scheduler.rate_limits import RateLimits, client_host
 from scheduler.registration_desk import RegistrationDesk
+from scheduler.reminders import NOTICE_KINDS, REMINDER_KINDS, earliest_planned
 from scheduler.settings import Settings
 from scheduler.timezones import local_iso
 
@@ -63,6 +66,18 @@ class SpeakerSummary(msgspec.Struct):
     slot_start_in_your_time_zone: str | None
 
 
+class ReminderOut(msgspec.Struct):
+    """One of a person's reminders (or notices) as the ledger has it."""
+
+    id: int
+    kind: str
+    due_at: datetime
+    status: str
+    reason: str
+    sent_at: datetime | None
+    sent_with_id: int | None
+
+
 class RegistrationView(msgspec.Struct):
     """What a registrant sees through the manage link."""
 
@@ -83,6 +98,7 @@ class RegistrationView(msgspec.Struct):
     speaker_request: SpeakerSummary | None
     calendar_url: str
     created_at: datetime
+    reminders: list[ReminderOut]
 
 
 class RegistrationOut(msgspec.Struct):
@@ -227,6 +243,14 @@ async def registration_view(
     speaker = await session.scalar(
         select(SpeakerRequest).where(SpeakerRequest.registration_id == reg.id)
     )
+    ledger = await session.scalars(
+        select(Notification)
+        .where(
+            Notification.registration_id == reg.id,
+            Notification.kind.in_((*REMINDER_KINDS, *NOTICE_KINDS)),
+        )
+        .order_by(Notification.due_at, Notification.id)
+    )
     return RegistrationView(
         id=reg.id,
         status=reg.status,
@@ -271,6 +295,10 @@ async def registration_view(
         ),
         calendar_url=f"/api/registrations/{token}/calendar.ics",
         created_at=reg.created_at,
+        reminders=[
+            ReminderOut(n.id, n.kind, n.due_at, n.status, n.reason, n.sent_at, n.sent_with_id)
+            for n in ledger
+        ],
     )
 
 
@@ -283,15 +311,20 @@ class RegistrationController(Controller):
         description="Within the event's registration window. Seats are never overbooked: "
         "when the event is full the registration joins the waiting list and is told its "
         "position. With double opt-in the seat counts once the mailed link is confirmed. "
-        "The same email registering twice for one event gets 409.",
-        responses=documented(400, 404, 409, 413, 503),
+        "An email already registered for the event gets 409 with one fixed text, whatever "
+        "that registration's state, and the registration's manage link is mailed to the "
+        "address. Rate limited per network address and per email address (429).",
+        responses=documented(400, 404, 409, 413, 429, 503),
     )
     async def register(
         self,
+        request: Request[Any, Any, Any],
         desk: NamedDependency[RegistrationDesk],
-        event_id: FromPath[int],
+        rate_limits: NamedDependency[RateLimits],
+        event_id: PathId,
         data: JSONBody[svc.RegistrationCreate],
     ) -> ReceiptOut:
+        rate_limits.enforce(client_host(request), data.email, time.monotonic())
         receipt = await desk.register(event_id, data)
         return ReceiptOut(
             id=receipt.id,
@@ -305,28 +338,25 @@ class RegistrationController(Controller):
     @post(
         "/api/events/{event_id:int}/registrations/resend",
         summary="Mail the manage link again",
-        description="Always answers 202, whether or not the address is registered.",
+        description="Always answers 202, whether or not the address is registered (or the "
+        "event exists). Rate limited per network address and per email address (429).",
         status_code=202,
-        responses=documented(400, 413),
+        responses=documented(400, 404, 413, 429),
     )
     async def resend(
         self,
+        request: Request[Any, Any, Any],
         db: NamedDependency[Database],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
+        rate_limits: NamedDependency[RateLimits],
+        event_id: PathId,
         data: JSONBody[ResendRequest],
     ) -> Done:
+        rate_limits.enforce(client_host(request), data.email, time.monotonic())
         async with db.writer.begin() as session:
-            reg = await session.scalar(
-                select(Registration).where(
-                    Registration.event_id == event_id,
-                    Registration.email == svc.normalize_email(data.email),
-                    Registration.status.in_(("held", "confirmed", "waiting", "pending_approval")),
-                )
-            )
             event = await session.get(Event, event_id)
-            if reg is not None and event is not None:
-                svc.notify(session, reg, event, "manage_link")
+            if event is not None:
+                await svc.mail_manage_link(session, event, data.email, utc_now())
         worker.kick()
         return Done("accepted", "If this address is registered, a mail is on its way.")
 
@@ -361,7 +391,7 @@ class RegistrationController(Controller):
     ) -> RegistrationView:
         async with db.writer.begin() as session:
             reg, event = await by_token(session, token, secret, settings)
-            await svc.update(session, reg, data)
+            await svc.update(session, reg, data, utc_now())
             return await registration_view(session, reg, event, token)
 
     @post(
@@ -382,6 +412,7 @@ class RegistrationController(Controller):
             reg, _ = await by_token(session, token, secret, settings)
             changed = await svc.confirm(session, reg, utc_now())
         worker.kick()
+        worker.arm(earliest_planned(session))
         return Done("confirmed", "Your seat is confirmed." if changed else "Already confirmed.")
 
     @post(
@@ -403,6 +434,7 @@ class RegistrationController(Controller):
             reg, _ = await by_token(session, token, secret, settings)
             promoted = await svc.cancel(session, reg, utc_now(), _hold(settings))
         worker.kick()
+        worker.arm(earliest_planned(session))
         return Done("cancelled", "Your registration is cancelled.", promoted=len(promoted))
 
     @post(
@@ -479,14 +511,14 @@ class RegistrationController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        event_id: PathId,
         status: FromQuery[str | None] = None,
         constituency: FromQuery[str | None] = None,
         region: FromQuery[str | None] = None,
         country: FromQuery[str | None] = None,
         q: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=ID_MAX)] = 0,
     ) -> RegistrationPage:
         who = require(organizer)
         async with db.reader() as session:
@@ -510,7 +542,7 @@ class RegistrationController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        event_id: PathId,
         status: FromQuery[str | None] = None,
     ) -> Response[str]:
         who = require(organizer)
@@ -541,7 +573,7 @@ class RegistrationController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        event_id: PathId,
     ) -> Counts:
         who = require(organizer)
         async with db.reader() as session:
@@ -576,7 +608,7 @@ class RegistrationController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        event_id: PathId,
     ) -> list[WaitingOut]:
         who = require(organizer)
         async with db.reader() as session:
@@ -605,8 +637,8 @@ class RegistrationController(Controller):
         organizer: NamedDependency[Organizer | None],
         settings: NamedDependency[Settings],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
-        registration_id: FromPath[int],
+        event_id: PathId,
+        registration_id: PathId,
         data: JSONBody[Approval],
     ) -> ReceiptOut:
         who = require(organizer)
@@ -616,6 +648,7 @@ class RegistrationController(Controller):
             until = data.accredit_until or now + timedelta(days=4 * 365)
             receipt = await svc.approve(session, reg, who.id, until, now, _hold(settings))
         worker.kick()
+        worker.arm(earliest_planned(session))
         return ReceiptOut(
             receipt.id,
             receipt.event_id,
@@ -636,8 +669,8 @@ class RegistrationController(Controller):
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
-        registration_id: FromPath[int],
+        event_id: PathId,
+        registration_id: PathId,
         data: JSONBody[Rejection],
     ) -> Done:
         who = require(organizer)
@@ -660,14 +693,15 @@ class RegistrationController(Controller):
         organizer: NamedDependency[Organizer | None],
         settings: NamedDependency[Settings],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
-        registration_id: FromPath[int],
+        event_id: PathId,
+        registration_id: PathId,
     ) -> Done:
         who = require(organizer)
         async with db.writer.begin() as session:
             reg = await _registration_of(session, who, event_id, registration_id)
             promoted = await svc.cancel(session, reg, utc_now(), _hold(settings))
         worker.kick()
+        worker.arm(earliest_planned(session))
         return Done("cancelled", "The registration is cancelled.", promoted=len(promoted))
 
     @post(
@@ -680,8 +714,8 @@ class RegistrationController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
-        registration_id: FromPath[int],
+        event_id: PathId,
+        registration_id: PathId,
     ) -> Done:
         who = require(organizer)
         async with db.writer.begin() as session:

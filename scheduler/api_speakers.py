@@ -17,10 +17,11 @@ from scheduler.api_registrations import _event_of, by_token
 from scheduler.auth import require
 from scheduler.database import Database
 from scheduler.errors import NotFound, documented
-from scheduler.fields import AwareDatetime, Id, check_range
+from scheduler.fields import AwareDatetime, Id, PathId, check_range
 from scheduler.models import Event, Organizer, Registration, SpeakerRequest, utc_now
 from scheduler.outbox import OutboxWorker
 from scheduler.registrations import Constituency
+from scheduler.reminders import earliest_planned
 from scheduler.settings import Settings
 from scheduler.timezones import local_iso
 
@@ -203,11 +204,13 @@ class SpeakerController(Controller):
         db: NamedDependency[Database],
         secret: NamedDependency[bytes],
         settings: NamedDependency[Settings],
+        worker: NamedDependency[OutboxWorker],
         token: FromPath[str],
     ) -> None:
         async with db.writer.begin() as session:
             reg, _ = await by_token(session, token, secret, settings)
-            await svc.withdraw(session, reg)
+            await svc.withdraw(session, reg, utc_now())
+        worker.arm(earliest_planned(session))
 
     @get(
         "/api/events/{event_id:int}/speaker-requests",
@@ -219,7 +222,7 @@ class SpeakerController(Controller):
         self,
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
-        event_id: FromPath[int],
+        event_id: PathId,
         status: FromQuery[svc.SpeakerStatus | None] = None,
     ) -> list[RequestOut]:
         who = require(organizer)
@@ -253,7 +256,7 @@ class SpeakerController(Controller):
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
+        event_id: PathId,
         data: JSONBody[Selection],
     ) -> SelectionOut:
         who = require(organizer)
@@ -270,6 +273,7 @@ class SpeakerController(Controller):
             )
             out = _selection_out(event, outcome)
         worker.kick()
+        worker.arm(earliest_planned(session))
         return out
 
     @put(
@@ -285,7 +289,7 @@ class SpeakerController(Controller):
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
+        event_id: PathId,
         data: JSONBody[Order],
     ) -> SelectionOut:
         who = require(organizer)
@@ -295,6 +299,7 @@ class SpeakerController(Controller):
             outcome = await svc.set_order(session, event, data.order, slots)
             out = _selection_out(event, outcome)
         worker.kick()
+        worker.arm(earliest_planned(session))
         return out
 
     @post(
@@ -310,19 +315,20 @@ class SpeakerController(Controller):
         db: NamedDependency[Database],
         organizer: NamedDependency[Organizer | None],
         worker: NamedDependency[OutboxWorker],
-        event_id: FromPath[int],
-        request_id: FromPath[int],
+        event_id: PathId,
+        request_id: PathId,
         data: JSONBody[Decline | None] = None,
     ) -> RequestOut:
         who = require(organizer)
         async with db.writer.begin() as session:
             event = await _event_of(session, who, event_id)
-            await svc.decline(session, event, request_id, data.reason if data else "")
+            await svc.decline(session, event, request_id, data.reason if data else "", utc_now())
             req = await session.get(SpeakerRequest, request_id)
             reg = await session.get(Registration, req.registration_id) if req else None
             assert req is not None and reg is not None
             out = request_out(req, reg, event)
         worker.kick()
+        worker.arm(earliest_planned(session))
         return out
 
     @get(
@@ -333,7 +339,7 @@ class SpeakerController(Controller):
         responses=documented(404),
     )
     async def speaking_order(
-        self, db: NamedDependency[Database], event_id: FromPath[int]
+        self, db: NamedDependency[Database], event_id: PathId
     ) -> SpeakingOrder:
         async with db.reader() as session:
             event = await session.get(Event, event_id)

@@ -10,44 +10,59 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from scheduler import __version__
+from scheduler import __version__, job_locks, logs, metrics, retention
 from scheduler.api_calendars import CalendarController
 from scheduler.api_events import EventController
+from scheduler.api_feeds import FeedController
 from scheduler.api_health import health
 from scheduler.api_milestones import MilestoneController
 from scheduler.api_notifications import NotificationController
+from scheduler.api_pledges import PledgeController
+from scheduler.api_privacy import PrivacyController
 from scheduler.api_processes import ProcessController, TemplateController
 from scheduler.api_registrations import RegistrationController
+from scheduler.api_reminder_policies import ReminderPolicyController
 from scheduler.api_speakers import SpeakerController
+from scheduler.api_subscriptions import SubscriptionController, SubscriptionPages
 from scheduler.auth import provide_organizer
 from scheduler.calendar_cache import AnswerCache
 from scheduler.clock import Clock
 from scheduler.cycle_templates import Template, load_templates
 from scheduler.database import Database, open_database
 from scheduler.errors import EXCEPTION_HANDLERS
+from scheduler.fields import check_parameters
 from scheduler.mail import make_sender
 from scheduler.manage_links import load_secret
 from scheduler.models import utc_now
 from scheduler.outbox import OutboxWorker
-from scheduler.pages import RegistrationPages
+from scheduler.pages import PublicPages, RegistrationPages
+from scheduler.pages_common import STATIC_DIR, register_helpers
+from scheduler.pages_organizer import organizer_router
+from scheduler.pages_pledges import PledgePages
+from scheduler.pledge_feed import FeedRunner
+from scheduler.rate_limits import RateLimits
 from scheduler.registration_desk import RegistrationDesk
 from scheduler.registrations import expire_holds
+from scheduler.security_headers import add_security_headers
 from scheduler.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def create_app(settings: Settings) -> Litestar:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    if not settings.is_sqlite and not settings.secret_key:
+        logging.getLogger("scheduler.app").warning(
+            "secret_key is empty: links signed here fail on other nodes; set one for a cluster"
+        )
     db = open_database(settings)
     templates = load_templates(settings.templates_dir)
     secret = load_secret(settings.secret_key, settings.data_dir)
@@ -55,9 +70,17 @@ def create_app(settings: Settings) -> Litestar:
     worker = OutboxWorker(db, make_sender(settings), settings, secret, settings.public_base_url)
     hold = timedelta(minutes=settings.registration_hold_minutes)
     desk = RegistrationDesk(db, hold, after_commit=worker.kick)
+    feed_runner = FeedRunner(db, settings, after_commit=worker.kick)
+    rate_limits = RateLimits(
+        settings.rate_limits_per_ip,
+        settings.rate_limits_per_email,
+        settings.rate_limits_window_seconds,
+    )
 
     async def release_expired_holds() -> None:
         async with db.writer.begin() as session:
+            if not await job_locks.run_alone(session, "expire-holds"):
+                return  # another node is releasing them right now
             released = await expire_holds(session, utc_now(), hold)
         if released:
             worker.kick()
@@ -68,6 +91,8 @@ def create_app(settings: Settings) -> Litestar:
         worker.start()
         if clock is not None:
             worker.schedule(clock)
+            feed_runner.schedule(clock)
+            retention.schedule(clock, db, settings.retention_months)
             clock.scheduler.add_job(
                 release_expired_holds,
                 "interval",
@@ -106,6 +131,12 @@ def create_app(settings: Settings) -> Litestar:
     def provide_answers() -> AnswerCache:
         return answers
 
+    def provide_feed_runner() -> FeedRunner:
+        return feed_runner
+
+    def provide_rate_limits() -> RateLimits:
+        return rate_limits
+
     def provide_settings(state: State) -> Settings:
         value: Settings = state.settings
         return value
@@ -124,7 +155,11 @@ def create_app(settings: Settings) -> Litestar:
 
     dependencies: dict[str, Any] = {
         "settings": Provide(provide_settings, sync_to_thread=False),
-        "answers": Provide(provide_answers, sync_to_thread=False),
+        # Not "answers": a dependency's name must not be a body field's (registrations have
+        # "answers"), or Litestar takes a bad value there for a server error (500).
+        "answer_cache": Provide(provide_answers, sync_to_thread=False),
+        "feed_runner": Provide(provide_feed_runner, sync_to_thread=False),
+        "rate_limits": Provide(provide_rate_limits, sync_to_thread=False),
         "desk": Provide(provide_desk, sync_to_thread=False),
         "worker": Provide(provide_worker, sync_to_thread=False),
         "secret": Provide(provide_secret, sync_to_thread=False),
@@ -146,7 +181,28 @@ def create_app(settings: Settings) -> Litestar:
             SpeakerController,
             NotificationController,
             RegistrationPages,
+            PublicPages,
+            PledgePages,
+            organizer_router(secret),
+            create_static_files_router(
+                path="/static",
+                directories=[STATIC_DIR],
+                # URLs carry the file's hash (pages_common.static_url): safe to keep a year.
+                cache_control=CacheControlHeader(max_age=31_536_000, public=True),
+                include_in_schema=False,
+            ),
+            FeedController,
+            PledgeController,
+            ReminderPolicyController,
+            SubscriptionController,
+            SubscriptionPages,
+            PrivacyController,
+            *([metrics.metrics_page] if settings.metrics_enabled else []),
         ],
+        middleware=[metrics.http_metrics],
+        # Ids past 32 bits and NUL characters in the URL are refused before any handler runs.
+        guards=[check_parameters],
+        before_send=[add_security_headers(settings.public_base_url)],
         dependencies=dependencies,
         state=State(
             {
@@ -162,7 +218,9 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
-        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=register_helpers
+        ),
         openapi_config=OpenAPIConfig(
             title="Forum Scheduler",
             version=__version__,

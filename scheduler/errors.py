@@ -10,9 +10,10 @@ import logging
 from typing import Any
 
 import msgspec
-from litestar import Request, Response
+from litestar import MediaType, Request, Response
+from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 log = logging.getLogger("scheduler.errors")
 
@@ -51,6 +52,18 @@ class Gone(Exception):
     status_code = 410
 
 
+class TooManyRequests(Exception):
+    """A rate limit refused the request; ``limit`` names the setting that did."""
+
+    status_code = 429
+
+    def __init__(self, limit: str, retry_after: int, detail: str) -> None:
+        super().__init__(detail)
+        self.limit = limit
+        self.retry_after = retry_after
+        self.detail = detail
+
+
 def _body(status: int, detail: str, field: str | None = None) -> dict[str, object]:
     body: dict[str, object] = {"status_code": status, "detail": detail}
     if field is not None:
@@ -79,9 +92,42 @@ def gone_handler(_: Request[Any, Any, Any], exc: Gone) -> Response[object]:
     return Response(_body(410, str(exc) or "this link has expired"), status_code=410)
 
 
+def too_many_handler(_: Request[Any, Any, Any], exc: TooManyRequests) -> Response[object]:
+    body = _body(429, exc.detail)
+    body["extra"] = [{"key": exc.limit, "message": f"retry after {exc.retry_after} seconds"}]
+    return Response(body, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+
+def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[object]:
+    """Litestar's own 400 for a parameter or body that fails validation, always as JSON
+    (its default answer takes the route's media type: a CSV or calendar route would label
+    the JSON error text/csv)."""
+    body: dict[str, object] = {"status_code": 400, "detail": exc.detail}
+    if exc.extra:
+        body["extra"] = exc.extra
+    return Response(body, status_code=400, media_type=MediaType.JSON, headers=exc.headers)
+
+
 def integrity_handler(_: Request[Any, Any, Any], exc: IntegrityError) -> Response[object]:
     log.warning("integrity error: %s", exc.orig)
     return Response(_body(409, "the change conflicts with data already stored"), status_code=409)
+
+
+# PostgreSQL refusing a value the request carried: a NUL or unencodable character (22021,
+# 22P05), a number out of range (22003), or a parameter asyncpg cannot encode (a number past
+# 32 bits). SQLAlchemy's asyncpg adapter reports these as plain DBAPIErrors; any other such
+# error is the server's own mistake and stays a 500.
+_REFUSED_VALUE_STATES = ("22021", "22P05", "22003")
+
+
+def data_handler(_: Request[Any, Any, Any], exc: DBAPIError) -> Response[object]:
+    state = getattr(exc.orig, "sqlstate", None)
+    if state in _REFUSED_VALUE_STATES or "invalid input for query argument" in str(exc.orig):
+        log.warning("value refused by the database: %s", exc.orig)
+        detail = "a value cannot be stored: a number out of range or a character such as NUL"
+        return Response(_body(400, detail), status_code=400)
+    log.error("database error: %s", exc.orig, exc_info=exc)
+    return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
 
 
 def operational_handler(_: Request[Any, Any, Any], exc: OperationalError) -> Response[object]:
@@ -99,7 +145,10 @@ EXCEPTION_HANDLERS = {
     Conflict: conflict_handler,
     Forbidden: forbidden_handler,
     Gone: gone_handler,
+    TooManyRequests: too_many_handler,
+    ValidationException: validation_handler,
     IntegrityError: integrity_handler,
+    DBAPIError: data_handler,
     OperationalError: operational_handler,
 }
 
@@ -125,6 +174,8 @@ _MEANINGS = {
     409: "Conflicts with stored data or state (a slug taken, registration closed)",
     410: "The link has expired",
     413: "The request body is larger than max_body_bytes",
+    429: "Too many requests from this network address or for this email address: `extra` "
+    "names the limit; retry after the Retry-After seconds",
     503: "The database is busy or down; retry after the Retry-After seconds",
 }
 

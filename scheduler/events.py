@@ -1,6 +1,9 @@
 """Events: creating, changing, moving (with cascades) and finding them.
 
-Services flush but never commit: the caller owns the transaction.
+Services flush but never commit: the caller owns the transaction. Every change re-plans the
+reminders of what it touched in the same transaction (``plan_reminders``): a move re-times
+them and tells the registrants once, a cancellation or postponement cancels them and tells
+the registrants once.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
+from scheduler import reminders
 from scheduler.cascades import CascadeError, Item, Move, cascade, keep_wall_length
 from scheduler.errors import Invalid, NotFound
-from scheduler.models import Event, Milestone, Process
+from scheduler.models import Event, Milestone, Notification, Process, utc_now
 from scheduler.placement import Placement, PlacementError
 from scheduler.questions import Question, QuestionError, check_questions
 from scheduler.recurrence import BadRecurrence, check_exdates, last_end, normalize_rrule
@@ -61,6 +65,7 @@ class EventCreate(msgspec.Struct, forbid_unknown_fields=True):
     relative_to_id: f.Id | None = None
     placement: f.PlacementRule | None = None
     pinned: bool = False
+    reminder_offsets: f.ReminderOffsets | None = None
 
 
 class EventPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,6 +90,7 @@ class EventPatch(msgspec.Struct, forbid_unknown_fields=True):
     relative_to_id: f.Id | None | UnsetType = UNSET
     placement: f.PlacementRule | None | UnsetType = UNSET
     pinned: bool | UnsetType = UNSET
+    reminder_offsets: f.ReminderOffsets | None | UnsetType = UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,9 @@ async def get_event(session: AsyncSession, event_id: int, member_of: set[int]) -
     return event
 
 
-async def create_event(session: AsyncSession, data: EventCreate) -> Event:
+async def create_event(
+    session: AsyncSession, data: EventCreate, now: datetime | None = None
+) -> Event:
     _check_dates(msgspec.structs.asdict(data))
     if await session.get(Process, data.process_id) is None:
         raise Invalid("process_id", f"no process {data.process_id}")
@@ -157,10 +165,13 @@ async def create_event(session: AsyncSession, data: EventCreate) -> Event:
         relative_to_id=data.relative_to_id,
         rule=data.placement,
         pinned=data.pinned,
+        reminder_offsets=f.check_offsets("reminder_offsets", data.reminder_offsets),
     )
     await _check_and_normalize(session, event, data.exdates, place=True)
     session.add(event)
     await session.flush()
+    if event.status == "published":  # the organizers' reminders
+        await reminders.sync_event(session, event, now or utc_now())
     return event
 
 
@@ -174,6 +185,11 @@ async def update_event(
     """
     changes = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not UNSET}
     _check_dates(changes)
+    if "reminder_offsets" in changes:
+        changes["reminder_offsets"] = f.check_offsets(
+            "reminder_offsets", changes["reminder_offsets"]
+        )
+    old_status, old_times = event.status, (event.starts_at, event.ends_at)
     new_start = changes.pop("start", None)
     new_end = changes.pop("end", None)
     exdates = changes.pop("exdates", None)
@@ -217,7 +233,44 @@ async def update_event(
         await promote_waiting(session, event, now, hold)
     event.sequence += 1
     await session.flush()
+    await plan_reminders(session, event, moves, now, old_status=old_status, old_times=old_times)
     return moves
+
+
+async def plan_reminders(
+    session: AsyncSession,
+    event: Event,
+    moves: list[Move],
+    now: datetime,
+    *,
+    old_status: str,
+    old_times: tuple[datetime, datetime],
+) -> None:
+    """Re-plan reminders after a change, once the sequences are bumped.
+
+    The event itself: cancelled or postponed -> its unsent reminders are cancelled and the
+    registrants told once; moved, or back on after a postponement -> re-timed, and one
+    change notice per seat holder; anything else -> re-planned quietly (new basis and text).
+    Events and milestones the cascade moved are re-planned and told the same way.
+    """
+    for move in moves:
+        if not move.changed or (move.kind == "event" and move.id == event.id):
+            continue
+        if move.kind == "event":
+            dependent = await session.get(Event, move.id)
+            assert dependent is not None
+            await reminders.replan_event(session, dependent, now)
+        else:
+            milestone = await session.get(Milestone, move.id)
+            assert milestone is not None
+            await reminders.sync_milestone(session, milestone, now)
+    moved = (event.starts_at, event.ends_at) != old_times
+    if event.status in ("cancelled", "postponed") and event.status != old_status:
+        await reminders.cancel_event_reminders(session, event, now, event.status)
+    elif event.status == "published" and (moved or old_status in ("cancelled", "postponed")):
+        await reminders.replan_event(session, event, now)
+    else:
+        await reminders.sync_event(session, event, now)
 
 
 async def move_event(
@@ -276,6 +329,7 @@ async def move_event(
 
 
 async def delete_event(session: AsyncSession, event: Event) -> None:
+    await reminders.cancel_all(session, Notification.event_id == event.id, "the event was deleted")
     # Items placed relative to the event keep their times and lose the rule (the foreign
     # key only clears relative_to_id, which would leave a placement without a reference).
     for row in [

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 from msgspec import Meta
 
-from scheduler.errors import Invalid
+from scheduler.errors import Invalid, NotFound
 
 AwareDatetime = Annotated[
     datetime,
@@ -22,7 +25,11 @@ Url = Annotated[str, Meta(max_length=2000, pattern=r"^(https?://\S+)?$")]
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64, examples=["America/New_York"])]
 Slug = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{1,79}$", examples=["gcm"])]
 Language = Annotated[str, Meta(pattern=r"^[a-z]{2,3}$", examples=["en"])]
-Id = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+# Ids are 32-bit integers in every table (PostgreSQL's integer): a larger number is no id.
+ID_MAX = 2**31 - 1
+Id = Annotated[int, Meta(ge=1, le=ID_MAX)]
+# A numeric id in a URL path; ``check_parameters`` enforces the range for every route.
+PathId = Annotated[int, Parameter(ge=1, le=ID_MAX)]
 Capacity = Annotated[int, Meta(ge=0, le=1_000_000)]
 RRuleText = Annotated[str, Meta(max_length=500, examples=["FREQ=WEEKLY;BYDAY=TU;COUNT=10"])]
 # Reminder offsets: whole minutes before the start, at most 365 days, at most 10 of them.
@@ -86,3 +93,33 @@ def check_aware(field: str, value: datetime | None) -> None:
     if value is not None and value.utcoffset() is None:
         raise Invalid(field, "needs a UTC offset, e.g. 2026-05-05T10:00:00-04:00")
     check_range(field, value)
+
+
+def check_parameters(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """App-wide guard: path and query values the database cannot take never reach it.
+
+    A numeric path id outside 1..2^31-1 names nothing, nor does a path value holding a NUL
+    character: 404. A query id (``*_id``), ``limit`` or ``offset`` beyond 2^31-1, or any
+    query value holding a NUL, is bad input: 400 naming it. Without this guard asyncpg
+    refuses to encode such a number (SQLite past 64 bits) and PostgreSQL refuses NUL in
+    text: a 500 instead of an answer.
+    """
+    for name, value in connection.path_params.items():
+        if isinstance(value, int) and not 1 <= value <= ID_MAX:
+            raise NotFound(f"no such {name.removesuffix('_id')}: {value}")
+        if isinstance(value, str) and "\x00" in value:
+            raise NotFound(f"no such {name.removesuffix('_id')}")
+    query = connection.query_params
+    for name in query:
+        counted = name.endswith("_id") or name in ("limit", "offset")
+        for raw in query.getall(name):
+            if "\x00" in raw or "\x00" in name:
+                raise Invalid(name.replace("\x00", ""), "must not contain a NUL character")
+            if not counted:
+                continue
+            try:
+                number = int(raw)
+            except ValueError:
+                continue  # not a number: the parameter's own validation says so
+            if abs(number) > ID_MAX:
+                raise Invalid(name, f"must be at most {ID_MAX}")

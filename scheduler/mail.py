@@ -1,8 +1,9 @@
 """Mail transports behind one small seam: a local Maildir folder, or SMTP with a connection pool.
 
-The outbox worker only knows ``MailSender``: ``send`` either delivers or raises
-``DeliveryError`` saying whether trying again later can help. Nothing here touches the
-database.
+The outbox worker only knows ``MailSender``: ``send`` (a message object) and ``send_bytes``
+(bytes already flattened, with their envelope: nothing is serialised twice) either deliver
+or raise ``DeliveryError`` saying whether trying again later can help. Nothing here touches
+the database.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import mailbox
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -40,6 +43,9 @@ class DeliveryError(Exception):
 class MailSender(Protocol):
     async def send(self, message: EmailMessage) -> None: ...
 
+    async def send_bytes(self, data: bytes, mail_from: str, recipients: Sequence[str]) -> None:
+        """Deliver ``data`` (a whole message, CRLF line ends) as it is."""
+
     async def close(self) -> None: ...
 
 
@@ -54,7 +60,12 @@ class MaildirSender:
 
     async def send(self, message: EmailMessage) -> None:
         # Maildir files use the local line ending; the SMTP policy's CRLF would show as ^M.
-        data = message.as_bytes(policy=message.policy.clone(linesep="\n"))
+        await self._store(message.as_bytes(policy=message.policy.clone(linesep="\n")))
+
+    async def send_bytes(self, data: bytes, mail_from: str, recipients: Sequence[str]) -> None:
+        await self._store(data.replace(b"\r\n", b"\n"))
+
+    async def _store(self, data: bytes) -> None:
         try:
             await asyncio.to_thread(self._write, data)
         except (OSError, mailbox.Error) as exc:
@@ -91,12 +102,41 @@ class SmtpSender:
         self.connections_opened = 0
 
     async def send(self, message: EmailMessage) -> None:
+        await self._on_a_connection(lambda client: client.send_message(message))
+
+    async def send_bytes(self, data: bytes, mail_from: str, recipients: Sequence[str]) -> None:
+        """The bytes go out as they are, with the options send_message would have used."""
+        to = list(recipients)
+
+        async def transaction(client: aiosmtplib.SMTP) -> object:
+            if client.is_ehlo_or_helo_needed:  # the extensions are known after EHLO
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+            options = []
+            if not (mail_from + "".join(to)).isascii():
+                options.append("SMTPUTF8")  # aiosmtplib refuses it if the server cannot
+            if not data.isascii():
+                if not client.supports_extension("8bitmime"):
+                    # A server without 8BITMIME: the stdlib re-encodes the parts in 7 bits.
+                    message = message_from_bytes(data, policy=policy.SMTP)
+                    return await client.send_message(message, sender=mail_from, recipients=to)
+                options.append("BODY=8BITMIME")
+            return await client.sendmail(mail_from, to, data, mail_options=options)
+
+        await self._on_a_connection(transaction)
+
+    async def _on_a_connection(
+        self, transaction: Callable[[aiosmtplib.SMTP], Awaitable[Any]]
+    ) -> None:
+        """Run one mail transaction on a pooled connection."""
         if self._closed:
             raise DeliveryError("the SMTP sender is closed", permanent=False)
         async with self._slots:
             client, reused = await self._checkout()
             try:
-                await client.send_message(message)
+                await transaction(client)
             except aiosmtplib.SMTPServerDisconnected:
                 client.close()
                 if not reused:
@@ -106,7 +146,7 @@ class SmtpSender:
                 # Dropped while idle in the pool: one more try on a fresh connection.
                 client = await self._connect()
                 try:
-                    await client.send_message(message)
+                    await transaction(client)
                 except Exception as exc:
                     raise self._delivery_error(client, exc) from exc
             except Exception as exc:

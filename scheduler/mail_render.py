@@ -57,6 +57,7 @@ KINDS = (
     "event_cancelled",
     "event_postponed",
     "subscription_confirm",
+    "pledge_digest",
 )
 DEFAULT_LANGUAGE = "en"
 RTL_LANGUAGES = frozenset({"ar", "fa", "he", "ur"})
@@ -117,6 +118,7 @@ def language_of(tag: str) -> str:
     return base if base in catalog() else DEFAULT_LANGUAGE
 
 
+@lru_cache(maxsize=16)
 def mail_domain(mail_from: str) -> str:
     return parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
 
@@ -167,6 +169,17 @@ def header_text(value: object, limit: int = _MAX_HEADER_TEXT) -> str:
     return one_line(value, limit).replace("=?", "= ?")
 
 
+@dataclass(frozen=True, slots=True)
+class Composed:
+    """A message's language, subject and the two bodies, before any MIME."""
+
+    lang: str
+    subject: str
+    text: str
+    html: str
+    calendar: bool  # the event's ICS goes along
+
+
 def render(
     notification: Notification,
     *,
@@ -182,13 +195,63 @@ def render(
     ``unsubscribe_url`` (a deadline subscription's one-click unsubscribe, RFC 8058: it goes
     into the List-Unsubscribe headers, and ``manage_url`` then leads to the subscription).
     """
+    name = one_line(notification.recipient_name)
+    composed = compose(notification, event=event, links=links, now=now, name=name)
+    unsubscribe_url = links.get("unsubscribe_url", "")
+
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = sender_address(mail_from)
+    msg["To"] = recipient_address(notification.recipient_email, header_text(name))
+    msg["Subject"] = composed.subject
+    msg["Date"] = rfc2822_date(now.astimezone(UTC))
+    msg["Message-ID"] = notification.message_id or message_id_for(
+        notification.id, notification.created_at, mail_from
+    )
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    if unsubscribe_url:
+        # RFC 8058 one-click: mail programs POST "List-Unsubscribe=One-Click" to the URL.
+        msg["List-Unsubscribe"] = f"<{one_line(unsubscribe_url, 2000)}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg.set_content(composed.text)
+    msg.add_alternative(composed.html, subtype="html")
+    if composed.calendar and event is not None:
+        msg.add_attachment(
+            event_ics(event, links.get("event_url", ""), now),
+            maintype="text",
+            subtype="calendar",
+            filename="invite.ics",
+            params={"method": "PUBLISH"},
+        )
+    # After the parts: set_content() drops every Content-* header already there.
+    msg["Content-Language"] = composed.lang
+    for header in ("From", "To", "Subject", "List-Unsubscribe"):
+        # The last line of defence.
+        if msg[header] is not None and any(ch in str(msg[header]) for ch in "\r\n"):
+            raise RenderError(f"{header} would span lines: {str(msg[header])!r}")
+    return msg
+
+
+def compose(
+    notification: Notification,
+    *,
+    event: Event | None,
+    links: dict[str, str],
+    now: datetime,
+    name: str,
+) -> Composed:
+    """The texts of one message; ``name`` is the recipient's, already on one line.
+
+    Pure in its arguments (and ``now`` only through ``lead_text``), so that every
+    recipient of the same kind, language, zone, event and context can share one result.
+    """
     kind = notification.kind
     lang = language_of(notification.language or DEFAULT_LANGUAGE)
     texts = catalog()[lang]
     if kind not in texts:
         raise RenderError(f"no mail text for kind {kind!r}")
     common: dict[str, str] = texts["common"]
-    locale = _locale(notification.language or DEFAULT_LANGUAGE, lang)
+    locale = locale_of(notification.language or DEFAULT_LANGUAGE)
     ctx = notification.context or {}
     reader_tz = _zone_or_utc(notification.time_zone)
     event_tz = _zone_or_utc(
@@ -203,11 +266,9 @@ def render(
     title = one_line(ctx.get("event_title") or (event.title if event else ""), 300)
     position = ctx.get("position")
     due = _instant(ctx.get("due"))
-    # How far ahead, from the moment of sending (a late reminder says the truth).
-    ahead = start if kind != "milestone_reminder" else due
     items = [i for i in ctx.get("items") or [] if isinstance(i, dict)]
     values = {
-        "name": one_line(notification.recipient_name),
+        "name": name,
         "event_title": title,
         "position": babel.numbers.format_decimal(position, locale=locale)
         if isinstance(position, int) and not isinstance(position, bool)
@@ -219,11 +280,12 @@ def render(
         "slot_event_time": _when(slot_start, slot_end, event_tz, locale)
         if slot_start and _offset(slot_start, event_tz) != _offset(slot_start, reader_tz)
         else "",
-        "lead": _lead(ahead, now, locale) if ahead is not None and ahead > now else "",
+        "lead": lead_text(notification, event, now),
         "milestone_title": one_line(ctx.get("milestone_title") or "", 300),
         "due": _when(due, None, reader_tz, locale) if due else "",
         "process_name": one_line(ctx.get("process_name") or "", 300),
         "count": babel.numbers.format_decimal(len(items), locale=locale) if items else "",
+        **_pledge_values(ctx, locale),
     }
 
     confirm = needs_confirmation(notification)
@@ -237,27 +299,25 @@ def render(
     details: list[Detail] = []
     if due is not None:
         details.append(Detail(common["due"], values["due"]))
-    for item in items:
+    for item in items:  # a digest: one line per reminder, nothing about one event
         details.append(_digest_detail(item, reader_tz, locale, common))
     if start is not None and not items:
         details.append(Detail(common["when"], _when(start, end, reader_tz, locale)))
         if _offset(start, event_tz) != _offset(start, reader_tz):
             details.append(Detail(common["event_time"], _when(start, end, event_tz, locale)))
     venue = one_line(ctx.get("venue") or (event.venue if event else ""), 300)
-    if venue:
+    if venue and not items:
         details.append(Detail(common["where"], venue))
     online = str(ctx.get("online_url") or (event.online_url if event else "")).strip()
-    if online:
+    if online and not items:
         href = online if online.startswith(("https://", "http://")) else ""
         details.append(Detail(common["online"], one_line(online, 2000), href))
 
     subject = header_text(_fill(texts[kind]["subject"], values), 300)
-    name = values["name"]
     greeting = _fill(common["greeting"], values) if name else common["greeting_anonymous"]
     manage_url = links.get("manage_url", "")
     confirm_url = links.get("confirm_url", "")
-    unsubscribe_url = links.get("unsubscribe_url", "")
-    subscribed = bool(unsubscribe_url)
+    subscribed = bool(links.get("unsubscribe_url", ""))
     page = {
         "lang": lang,
         "dir": "rtl" if lang in RTL_LANGUAGES else "ltr",
@@ -278,40 +338,23 @@ def render(
         "footer": common["footer"],
     }
     text_layout, html_layout = _layouts()
-
-    msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = _sender(mail_from)
-    msg["To"] = _recipient(notification.recipient_email, header_text(name))
-    msg["Subject"] = subject
-    msg["Date"] = rfc2822_date(now.astimezone(UTC))
-    msg["Message-ID"] = notification.message_id or message_id_for(
-        notification.id, notification.created_at, mail_from
-    )
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    if unsubscribe_url:
-        # RFC 8058 one-click: mail programs POST "List-Unsubscribe=One-Click" to the URL.
-        msg["List-Unsubscribe"] = f"<{one_line(unsubscribe_url, 2000)}>"
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg.set_content(text_layout.render(page))
-    msg.add_alternative(html_layout.render(page), subtype="html")
-    if calendar and event is not None:
-        msg.add_attachment(
-            _ics(event, links.get("event_url", ""), now),
-            maintype="text",
-            subtype="calendar",
-            filename="invite.ics",
-            params={"method": "PUBLISH"},
-        )
-    # After the parts: set_content() drops every Content-* header already there.
-    msg["Content-Language"] = lang
-    for header in ("From", "To", "Subject", "List-Unsubscribe"):
-        # The last line of defence.
-        if msg[header] is not None and any(ch in str(msg[header]) for ch in "\r\n"):
-            raise RenderError(f"{header} would span lines: {str(msg[header])!r}")
-    return msg
+    return Composed(lang, subject, text_layout.render(page), html_layout.render(page), calendar)
 
 
+def lead_text(notification: Notification, event: Event | None, now: datetime) -> str:
+    """How long until the start (a deadline's due time), counted from ``now``, the moment
+    of sending: a late reminder says the truth. Empty once that time has come."""
+    ctx = notification.context or {}
+    if notification.kind == "milestone_reminder":
+        ahead = _instant(ctx.get("due"))
+    else:
+        ahead = _instant(ctx.get("event_start")) or (event.starts_at if event else None)
+    if ahead is None or ahead <= now:
+        return ""
+    return _lead(ahead, now, locale_of(notification.language or DEFAULT_LANGUAGE))
+
+
+@lru_cache(maxsize=256)  # a batch of reminders of one event asks the same question
 def _lead(instant: datetime, now: datetime, locale: Locale) -> str:
     """``in 1 hour``, ``dans 7 jours``: how long until ``instant``, in the reader's language."""
     text: str = babel.dates.format_timedelta(instant - now, add_direction=True, locale=locale)
@@ -341,6 +384,13 @@ def _fill(template: str, values: dict[str, str]) -> str:
 def _fill_all(templates: list[str], values: dict[str, str]) -> list[str]:
     """Fill each paragraph; leave out the ones about something this mail does not have."""
     return [_fill(t, values) for t in templates if all(values[k] for k in _PLACEHOLDER.findall(t))]
+
+
+@lru_cache(maxsize=256)
+def locale_of(tag: str) -> Locale:
+    """Babel's locale for the full tag (``fr-CA``) when it is one of the catalog language's,
+    else that language's (parsing a locale is slow; a wave asks for the same few)."""
+    return _locale(tag, language_of(tag))
 
 
 def _locale(tag: str, lang: str) -> Locale:
@@ -399,12 +449,12 @@ def _when(start: datetime, end: datetime | None, tz: ZoneInfo, locale: Locale) -
     return f"{text} ({zone_name})"
 
 
-def _sender(mail_from: str) -> Address:
+def sender_address(mail_from: str) -> Address:
     name, addr = parseaddr(mail_from)
     return _address(addr, header_text(name))
 
 
-def _recipient(email: str, name: str) -> Address:
+def recipient_address(email: str, name: str) -> Address:
     return _address(email.strip(), name)
 
 
@@ -426,7 +476,7 @@ def _address(email: str, name: str) -> Address:
         raise RenderError(f"not a usable address: {email!r}") from exc
 
 
-def _ics(event: Event, url: str, now: datetime) -> bytes:
+def event_ics(event: Event, url: str, now: datetime) -> bytes:
     location = ", ".join(x for x in (event.venue, event.online_url) if x)
     return _calendar_bytes(
         event.uid,
@@ -484,3 +534,23 @@ def _calendar_bytes(
         last_modified=modified,
     )
     return build_calendar(title, time_zone, [entry], now)
+
+
+def _pledge_values(ctx: dict[str, Any], locale: Locale) -> dict[str, str]:
+    """Placeholders of the pledge feed digest; a zero count leaves its paragraph out."""
+
+    def count(key: str) -> str:
+        value = ctx.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return str(babel.numbers.format_decimal(value, locale=locale))
+        return ""
+
+    return {
+        "feed_name": one_line(ctx.get("feed_name") or "", 200),
+        "new_count": count("new_count"),
+        "updated_count": count("updated_count"),
+        "withdrawn_count": count("withdrawn_count"),
+        "quarantined_count": count("quarantined_count"),
+        "pledge_titles": one_line(ctx.get("pledge_titles") or "", 1200),
+        "dashboard_url": one_line(ctx.get("dashboard_url") or "", 2000),
+    }

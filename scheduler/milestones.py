@@ -1,4 +1,8 @@
-"""Milestones: deadlines and decision points, optionally placed relative to an event."""
+"""Milestones: deadlines and decision points, optionally placed relative to an event.
+
+Each change re-plans the milestone's reminders (subscribers and organizers) in the same
+transaction; services flush and never commit.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
+from scheduler import reminders
 from scheduler.errors import Invalid, NotFound
-from scheduler.models import Event, Milestone, Process
+from scheduler.models import Event, Milestone, Notification, Process, utc_now
 from scheduler.placement import Placement, PlacementError
 from scheduler.timezones import UnknownTimeZone, zone
 
@@ -34,6 +39,7 @@ class MilestoneCreate(msgspec.Struct, forbid_unknown_fields=True):
     relative_to_id: f.Id | None = None
     placement: f.PlacementRule | None = None
     pinned: bool = False
+    reminder_offsets: f.ReminderOffsets | None = None
 
 
 class MilestonePatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,6 +53,7 @@ class MilestonePatch(msgspec.Struct, forbid_unknown_fields=True):
     relative_to_id: f.Id | UnsetType | None = UNSET
     placement: f.PlacementRule | UnsetType | None = UNSET
     pinned: bool | UnsetType = UNSET
+    reminder_offsets: f.ReminderOffsets | UnsetType | None = UNSET
 
 
 def visible_clause(member_of: set[int]) -> Any:
@@ -81,7 +88,9 @@ async def get_milestone(session: AsyncSession, milestone_id: int, member_of: set
     return row
 
 
-async def create_milestone(session: AsyncSession, data: MilestoneCreate) -> Milestone:
+async def create_milestone(
+    session: AsyncSession, data: MilestoneCreate, now: datetime | None = None
+) -> Milestone:
     f.check_range("due", data.due)
     if await session.get(Process, data.process_id) is None:
         raise Invalid("process_id", f"no process {data.process_id}")
@@ -97,17 +106,26 @@ async def create_milestone(session: AsyncSession, data: MilestoneCreate) -> Mile
         relative_to_id=data.relative_to_id,
         rule=data.placement,
         pinned=data.pinned,
+        reminder_offsets=f.check_offsets("reminder_offsets", data.reminder_offsets),
     )
     await _check(session, row, place=True)
     session.add(row)
     await session.flush()
+    if row.status == "published":
+        await reminders.sync_milestone(session, row, now or utc_now())
     return row
 
 
-async def update_milestone(session: AsyncSession, row: Milestone, patch: MilestonePatch) -> None:
+async def update_milestone(
+    session: AsyncSession, row: Milestone, patch: MilestonePatch, now: datetime | None = None
+) -> None:
     """Apply a partial change. A new due time set by hand pins a relative milestone."""
     changes = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not UNSET}
     f.check_range("due", changes.get("due"))
+    if "reminder_offsets" in changes:
+        changes["reminder_offsets"] = f.check_offsets(
+            "reminder_offsets", changes["reminder_offsets"]
+        )
     renames = {"placement": "rule", "due": "due_at"}
     for key, value in changes.items():
         if isinstance(value, datetime):
@@ -121,6 +139,16 @@ async def update_milestone(session: AsyncSession, row: Milestone, patch: Milesto
     with session.no_autoflush:  # a missing event is refused by _check, not by the FK
         await _check(session, row, place=replaced and "due" not in changes)
     row.sequence += 1
+    await session.flush()
+    await reminders.sync_milestone(session, row, now or utc_now())
+
+
+async def delete_milestone(session: AsyncSession, row: Milestone) -> None:
+    """Delete a milestone; its unsent reminders are cancelled, with the reason, first."""
+    await reminders.cancel_all(
+        session, Notification.milestone_id == row.id, "the milestone was deleted"
+    )
+    await session.delete(row)
     await session.flush()
 
 

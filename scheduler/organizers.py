@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from scheduler import reminders
 from scheduler.errors import Forbidden, NotFound
-from scheduler.models import Organizer, Process, ProcessOrganizer
+from scheduler.models import Organizer, Process, ProcessOrganizer, utc_now
 
 TOKEN_PREFIX = "fs_"  # noqa: S105 (a prefix, not a secret)
 
@@ -27,11 +29,22 @@ def new_token() -> str:
 
 
 async def create_organizer(
-    session: AsyncSession, name: str, process_slugs: list[str] | None = None
+    session: AsyncSession,
+    name: str,
+    process_slugs: list[str] | None = None,
+    *,
+    email: str = "",
+    now: datetime | None = None,
 ) -> tuple[Organizer, str]:
-    """A new organizer and its token (shown once, never stored)."""
+    """A new organizer and its token (shown once, never stored).
+
+    With an ``email`` the organizer is reminded of the upcoming events and deadlines of
+    their processes, starting with those already planned.
+    """
     token = new_token()
-    organizer = Organizer(name=name.strip(), token_hash=hash_token(token))
+    organizer = Organizer(
+        name=name.strip(), token_hash=hash_token(token), email=email.strip().lower()
+    )
     session.add(organizer)
     await session.flush()
     for slug in process_slugs or []:
@@ -42,6 +55,8 @@ async def create_organizer(
             ProcessOrganizer(process_id=process.id, organizer_id=organizer.id, role="organizer")
         )
     await session.flush()
+    if organizer.email:
+        await reminders.sync_organizer(session, organizer, now or utc_now())
     return organizer, token
 
 

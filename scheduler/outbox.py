@@ -7,9 +7,13 @@ the Message-ID is fixed per row, so the rare resend after a crash is recognisabl
 One pass of the worker: claim a batch of due rows in a short write transaction (``FOR
 UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has a single writer), check the reminders among
 them against the current state (``reminder_checks``: stale ones cancelled, late ones
-skipped, one digest per person), render (in a thread) and send outside any transaction,
-and record the results in short write transactions as they come in (every
-RECORD_INTERVAL), so that a crash resends little.
+skipped, one digest per person), render them as bytes (``mail_bytes`` composes each shape
+of message once and fills in each recipient, tens of microseconds a message, so it is done
+in the loop a few messages at a time, never holding it long) and send them outside any
+transaction over the SMTP pool's connections at once, and record the results in short write
+transactions as they come in (every RECORD_INTERVAL), so that a crash resends little. In a
+wave the next batch is claimed and rendered while the current one is on the wire; at most
+IN_FLIGHT_BATCHES are, so memory and the rows under lease stay bounded however many are due.
 
 The clock wakes the loop: after each pass the worker arms an APScheduler date job at the
 next due time (``arm``, also called after a commit that plans an earlier reminder); the
@@ -25,25 +29,28 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 from apscheduler.triggers.date import DateTrigger
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import manage_links, reminder_checks
+from scheduler import manage_links, metrics, reminder_checks
 from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.mail import DeliveryError, MailSender
-from scheduler.mail_render import KINDS, RenderError, message_id_for, render
+from scheduler.mail_bytes import MessageFactory, Outgoing
+from scheduler.mail_render import KINDS, RenderError, message_id_for
 from scheduler.models import Event, Notification, Registration, Subscription, utc_now
+from scheduler.reminders import DIGEST_KIND
 from scheduler.settings import Settings
 
 log = logging.getLogger("scheduler.outbox")
 
 MAX_RETRY_DELAY = timedelta(hours=1)
 RECORD_INTERVAL = 0.05  # seconds between the write transactions recording a batch's results
+IN_FLIGHT_BATCHES = 2  # batches being sent while the loop claims and renders the next one
+RENDER_STEP = 10  # messages rendered between two turns of the event loop
 # Where mailed links point, below the public base URL; {token} is the signed manage token.
 MANAGE_PATH = "/registrations/{token}"
 CONFIRM_PATH = "/registrations/{token}/confirm"
@@ -106,25 +113,33 @@ async def claim_due(
     is_sqlite: bool,
     mail_from: str,
 ) -> list[Notification]:
-    """Take up to ``limit`` due rows (oldest first) for this sender until the lease ends.
+    """Take up to ``limit`` due rows for this sender until the lease ends.
 
-    Due: ``planned`` with ``due_at <= now``, or ``sending`` whose lease ran out (its sender
-    died). Each claim counts as an attempt and fixes the row's Message-ID.
+    Due: ``sending`` whose lease ran out (its sender died; these come first, they are late
+    already), then ``planned`` with ``due_at <= now``, oldest first. Each claim counts as an
+    attempt and fixes the row's Message-ID.
+
+    Two queries rather than one with OR: each reads only the head of the (status, due_at)
+    index, while the OR made both databases read every due row and sort them, on every
+    claim of a wave. Ties in ``due_at`` are not ordered by id: on PostgreSQL that would sort
+    a whole wave due at the same second (SQLite's index gives id order anyway).
     """
-    stmt = (
-        select(Notification)
-        .where(
-            or_(
-                and_(Notification.status == "planned", Notification.due_at <= now),
-                and_(Notification.status == "sending", Notification.lease_until < now),
-            )
+    rows: list[Notification] = []
+    for status, due in (
+        ("sending", Notification.lease_until < now),
+        ("planned", Notification.due_at <= now),
+    ):
+        stmt = (
+            select(Notification)
+            .where(Notification.status == status, due)
+            .order_by(Notification.due_at)
+            .limit(limit - len(rows))
         )
-        .order_by(Notification.due_at, Notification.id)
-        .limit(limit)
-    )
-    if not is_sqlite:
-        stmt = stmt.with_for_update(skip_locked=True)
-    rows = list(await session.scalars(stmt))
+        if not is_sqlite:
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows += await session.scalars(stmt)
+        if len(rows) >= limit:
+            break
     lease_until = now + timedelta(seconds=lease_seconds)
     for note in rows:
         note.status = "sending"
@@ -146,9 +161,20 @@ def retry_delay(attempts: int, retry_seconds: int) -> timedelta:
 class _Job:
     id: int
     lease_until: datetime | None
-    message: EmailMessage | None = None
+    kind: str
+    outgoing: Outgoing | None = None
     error: DeliveryError | None = None
     sent: bool = False
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Rows claimed at ``now``: how many, and the messages to send before ``deadline``."""
+
+    claimed: int
+    now: datetime
+    jobs: list[_Job]
+    deadline: float = 0.0
 
 
 class OutboxWorker:
@@ -172,6 +198,7 @@ class OutboxWorker:
         self._stopping = False
         self._clock: Clock | None = None
         self._armed_at: datetime | None = None
+        self.factory = MessageFactory(settings.mail_from)
 
     def kick(self) -> None:
         """Wake the loop soon (call from the event loop, after the commit)."""
@@ -248,27 +275,46 @@ class OutboxWorker:
         self.kick()
 
     async def run_once(self, now: datetime) -> int:
-        """One pass at ``now``; the number of messages delivered."""
-        _, sent = await self._pass(now)
-        return sent
+        """One pass at ``now``, sent and recorded; the number of messages delivered."""
+        return await self._send(await self._take(now))
 
     async def _loop(self) -> None:
-        batch = self.settings.mail_batch_size
-        while not self._stopping:
-            self._wake.clear()
-            claimed = 0
-            try:
-                claimed, _ = await self._pass(utc_now())
-            except Exception:
-                log.exception("outbox pass failed; trying again after the sweep interval")
-            if self._stopping:
-                break
-            if claimed >= batch:
-                await asyncio.sleep(0)
-                continue
-            delay = await self._idle_seconds(utc_now())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+        size = self.settings.mail_batch_size
+        sending: set[asyncio.Task[int]] = set()
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                claimed = 0
+                try:
+                    batch = await self._take(utc_now())
+                    claimed = batch.claimed
+                    if batch.jobs:
+                        sending.add(asyncio.ensure_future(self._send_logged(batch)))
+                except Exception:
+                    log.exception("outbox pass failed; trying again after the sweep interval")
+                while len(sending) >= IN_FLIGHT_BATCHES:
+                    _, sending = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                if self._stopping:
+                    break
+                if claimed >= size:
+                    await asyncio.sleep(0)
+                    continue
+                delay = await self._idle_seconds(utc_now())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+        finally:
+            # On stop, sends already started finish and the rest go back to planned (_deliver);
+            # cancelling the loop cancels them, their rows keep the lease until it runs out.
+            if sending:
+                await asyncio.gather(*sending)
+
+    async def _send_logged(self, batch: _Batch) -> int:
+        """``_send`` in the background: a failure is logged, its rows wait for the lease."""
+        try:
+            return await self._send(batch)
+        except Exception:
+            log.exception("sending a batch failed; its rows are claimed again after the lease")
+            return 0
 
     async def _idle_seconds(self, now: datetime) -> float:
         """How long to wait: the sweep interval when the clock is armed for the next due
@@ -302,9 +348,10 @@ class OutboxWorker:
         times = [t for t in (due, lease + timedelta(milliseconds=10) if lease else None) if t]
         return min(times) if times else None
 
-    async def _pass(self, now: datetime) -> tuple[int, int]:
+    async def _take(self, now: datetime) -> _Batch:
+        """Claim and check a batch of due rows, and render their messages."""
         if not self.settings.mail_enabled:
-            return 0, 0
+            return _Batch(0, now, [])
         s = self.settings
         async with self.db.writer.begin() as session:
             rows = await claim_due(
@@ -335,34 +382,51 @@ class OutboxWorker:
                 is_sqlite=self.db.is_sqlite,
                 mail_from=s.mail_from,
             )
-        if not rows:
-            return 0, 0
         if not due:
-            return len(rows), 0
+            return _Batch(len(rows), now, [])
         # Stop starting sends well before the lease ends, so no other sender takes them over.
         margin = min(float(s.smtp_timeout_seconds), s.mail_lease_seconds / 2)
         deadline = time.monotonic() + s.mail_lease_seconds - margin
-        registrations, events, subscriptions = await self._load(due)
-        jobs = await asyncio.to_thread(
-            self._render_all, due, registrations, events, subscriptions, now
-        )
-        slots = asyncio.Semaphore(s.smtp_pool_size)
-        pending = {asyncio.ensure_future(self._deliver(job, slots, deadline)): job for job in jobs}
+        nonces, events, subscriptions = await self._load(due)
+        jobs: list[_Job] = []
+        for start in range(0, len(due), RENDER_STEP):
+            step = due[start : start + RENDER_STEP]
+            jobs += self._render_all(step, nonces, events, subscriptions, now)
+            await asyncio.sleep(0)  # the batch on the wire and the API go on in between
+        return _Batch(len(rows), now, jobs, deadline)
+
+    async def _send(self, batch: _Batch) -> int:
+        """Deliver a batch over the pool's connections at once, recording results as they
+        come in, not once at the end: a crash then resends only what was delivered in the
+        last RECORD_INTERVAL, not the whole batch. The number delivered."""
+        if not batch.jobs:
+            return 0
+        todo = iter(batch.jobs)
+        finished: list[_Job] = []
+
+        async def deliver_in_turn() -> None:
+            for job in todo:  # shared: each job is taken by one of the connections
+                await self._deliver(job, batch.deadline)
+                finished.append(job)
+
+        width = min(self.settings.smtp_pool_size, len(batch.jobs))
+        running = {asyncio.ensure_future(deliver_in_turn()) for _ in range(width)}
         try:
-            # Record as results come in, not once at the end: a crash then resends only what
-            # was delivered in the last RECORD_INTERVAL, not the whole batch.
-            while pending:
-                done, _ = await asyncio.wait(pending, timeout=RECORD_INTERVAL)
-                if done:
-                    await self._record([pending.pop(task) for task in done], now)
+            while running:
+                _, running = await asyncio.wait(running, timeout=RECORD_INTERVAL)
+                if finished:
+                    results, finished[:] = finished[:], []
+                    await self._record(results, batch.now)
         finally:
-            for task in pending:
+            for task in running:
                 task.cancel()  # the rows keep their lease and are claimed again later
-        return len(rows), sum(1 for job in jobs if job.sent)
+        return sum(1 for job in batch.jobs if job.sent)
 
     async def _load(
         self, notes: list[Notification]
-    ) -> tuple[dict[int, Registration], dict[int, Event], dict[int, Subscription]]:
+    ) -> tuple[dict[int, str], dict[int, Event], dict[int, Subscription]]:
+        """What the messages need besides their rows: registrations' link nonces (only
+        those: a wave has one registration per row), events and subscriptions."""
         registration_ids = {n.registration_id for n in notes if n.registration_id is not None}
         event_ids = {n.event_id for n in notes if n.event_id is not None}
         subscription_ids = {n.subscription_id for n in notes if n.subscription_id is not None}
@@ -375,21 +439,21 @@ class OutboxWorker:
                         select(Subscription).where(Subscription.id.in_(subscription_ids))
                     )
                 }
-            registrations = {
-                r.id: r
-                for r in await session.scalars(
-                    select(Registration).where(Registration.id.in_(registration_ids))
+            result = await session.execute(
+                select(Registration.id, Registration.token_nonce).where(
+                    Registration.id.in_(registration_ids)
                 )
-            }
+            )
+            nonces = {registration_id: nonce for registration_id, nonce in result}
             events = {
                 e.id: e for e in await session.scalars(select(Event).where(Event.id.in_(event_ids)))
             }
-        return registrations, events, subscriptions
+        return nonces, events, subscriptions
 
     def _links(
         self,
         note: Notification,
-        registration: Registration | None,
+        registration_nonce: str | None,
         subscription: Subscription | None = None,
     ) -> dict[str, str]:
         links: dict[str, str] = {}
@@ -400,35 +464,33 @@ class OutboxWorker:
             page = self.base_url + SUBSCRIPTION_PATH.format(token=token)
             links["manage_url"] = links["confirm_url"] = page
             links["unsubscribe_url"] = self.base_url + UNSUBSCRIBE_PATH.format(token=token)
-        elif registration is not None:
-            token = manage_links.sign(registration.id, registration.token_nonce, self.secret)
+        elif registration_nonce is not None and note.registration_id is not None:
+            token = manage_links.sign(note.registration_id, registration_nonce, self.secret)
             links["manage_url"] = self.base_url + MANAGE_PATH.format(token=token)
             links["confirm_url"] = self.base_url + CONFIRM_PATH.format(token=token)
         if note.event_id is not None:
-            links["event_url"] = f"{self.base_url}/api/events/{note.event_id}"
+            links["event_url"] = f"{self.base_url}/events/{note.event_id}"
         return links
 
     def _render_all(
         self,
         notes: Iterable[Notification],
-        registrations: dict[int, Registration],
+        nonces: dict[int, str],
         events: dict[int, Event],
         subscriptions: dict[int, Subscription],
         now: datetime,
     ) -> list[_Job]:
-        """Runs in a worker thread: a message costs a few milliseconds of CPU (MIME, ICS)."""
+        """The first message of each shape costs a few milliseconds of CPU (Babel, Jinja,
+        MIME), each further one tens of microseconds."""
         jobs = []
         for note in notes:
-            job = _Job(note.id, note.lease_until)
-            registration = registrations.get(note.registration_id or 0)
+            job = _Job(note.id, note.lease_until, note.kind)
+            nonce = nonces.get(note.registration_id or 0)
             try:
-                job.message = render(
+                job.outgoing = self.factory.build(
                     note,
                     event=events.get(note.event_id or 0),
-                    links=self._links(
-                        note, registration, subscriptions.get(note.subscription_id or 0)
-                    ),
-                    mail_from=self.settings.mail_from,
+                    links=self._links(note, nonce, subscriptions.get(note.subscription_id or 0)),
                     now=now,
                 )
             except RenderError as exc:
@@ -439,58 +501,97 @@ class OutboxWorker:
             jobs.append(job)
         return jobs
 
-    async def _deliver(self, job: _Job, slots: asyncio.Semaphore, deadline: float) -> None:
-        if job.message is None:
+    async def _deliver(self, job: _Job, deadline: float) -> None:
+        out = job.outgoing
+        if out is None:
             return
-        async with slots:
-            if self._stopping or time.monotonic() > deadline:
-                return  # left for the next pass, see _record
-            try:
-                await self.sender.send(job.message)
-            except DeliveryError as exc:
-                job.error = exc
-            except Exception as exc:
-                log.exception("sending notification %s failed", job.id)
-                job.error = DeliveryError(f"unexpected error: {exc!r}", permanent=False)
-            else:
-                job.sent = True
+        if self._stopping or time.monotonic() > deadline:
+            return  # left for the next pass, see _record
+        try:
+            await self.sender.send_bytes(out.data, out.mail_from, out.recipients)
+        except DeliveryError as exc:
+            job.error = exc
+        except Exception as exc:
+            log.exception("sending notification %s failed", job.id)
+            job.error = DeliveryError(f"unexpected error: {exc!r}", permanent=False)
+        else:
+            job.sent = True
 
     async def _record(self, jobs: list[_Job], now: datetime) -> None:
-        s = self.settings
+        # Plain deliveries (nearly all of a wave) in one statement per lease; the rest (digest
+        # carriers, failures, sends not tried) row by row below.
+        delivered = [j for j in jobs if j.sent and j.kind != DIGEST_KIND]
+        others = [j for j in jobs if not j.sent or j.kind == DIGEST_KIND]
         async with self.db.writer.begin() as session:
-            stmt = select(Notification).where(Notification.id.in_([j.id for j in jobs]))
-            if not self.db.is_sqlite:
-                stmt = stmt.with_for_update()
-            rows = {n.id: n for n in await session.scalars(stmt)}
-            for job in jobs:
-                note = rows.get(job.id)
-                if note is None or note.status != "sending" or note.lease_until != job.lease_until:
-                    # Another sender took it over after our lease ran out; its result counts.
-                    log.warning("notification %s changed hands while being sent", job.id)
-                    continue
-                note.lease_until = None
-                if job.sent:
-                    note.status = "sent"
-                    note.sent_at = now
-                    note.last_error = ""
-                elif job.error is None:
-                    # Not tried (stopping, or too close to the lease end): it is not an attempt.
-                    note.status = "planned"
-                    note.attempts -= 1
+            for lease in {j.lease_until for j in delivered}:
+                await self._record_delivered(
+                    session, [j for j in delivered if j.lease_until == lease], now
+                )
+            if others:
+                await self._record_each(session, others, now)
+
+    async def _record_delivered(
+        self, session: AsyncSession, jobs: list[_Job], now: datetime
+    ) -> None:
+        """Mark sent the rows still ours (same lease); log those another sender took over."""
+        lease = jobs[0].lease_until
+        result = await session.execute(
+            update(Notification)
+            .where(
+                Notification.id.in_([j.id for j in jobs]),
+                # "status || ''": found by id, not through the (status, due_at) index, which
+                # SQLite would otherwise walk over every row being sent.
+                Notification.status.concat("") == "sending",
+                Notification.lease_until == lease,
+            )
+            .values(status="sent", sent_at=now, lease_until=None, last_error="")
+            .returning(Notification.id, Notification.kind, Notification.due_at)
+            .execution_options(synchronize_session=False)
+        )
+        recorded = set()
+        for note_id, kind, due_at in result:
+            recorded.add(note_id)
+            metrics.mail_result(Notification(kind=kind, status="sent", due_at=due_at), now)
+        for job in jobs:
+            if job.id not in recorded:
+                log.warning("notification %s changed hands while being sent", job.id)
+
+    async def _record_each(self, session: AsyncSession, jobs: list[_Job], now: datetime) -> None:
+        s = self.settings
+        stmt = select(Notification).where(Notification.id.in_([j.id for j in jobs]))
+        if not self.db.is_sqlite:
+            stmt = stmt.with_for_update()
+        rows = {n.id: n for n in await session.scalars(stmt)}
+        for job in jobs:
+            note = rows.get(job.id)
+            if note is None or note.status != "sending" or note.lease_until != job.lease_until:
+                # Another sender took it over after our lease ran out; its result counts.
+                log.warning("notification %s changed hands while being sent", job.id)
+                continue
+            note.lease_until = None
+            if job.sent:
+                note.status = "sent"
+                note.sent_at = now
+                note.last_error = ""
+            elif job.error is None:
+                # Not tried (stopping, or too close to the lease end): it is not an attempt.
+                note.status = "planned"
+                note.attempts -= 1
+            else:
+                reason = job.error.reason[:_MAX_ERROR_CHARS]
+                if job.error.permanent:
+                    note.status = "failed"
+                    note.last_error = reason
+                elif note.attempts >= s.mail_max_attempts:
+                    note.status = "failed"
+                    note.last_error = f"gave up after {note.attempts} attempts: {reason}"
                 else:
-                    reason = job.error.reason[:_MAX_ERROR_CHARS]
-                    if job.error.permanent:
-                        note.status = "failed"
-                        note.last_error = reason
-                    elif note.attempts >= s.mail_max_attempts:
-                        note.status = "failed"
-                        note.last_error = f"gave up after {note.attempts} attempts: {reason}"
-                    else:
-                        note.status = "planned"
-                        note.due_at = now + retry_delay(note.attempts, s.mail_retry_seconds)
-                        note.last_error = reason
-            # Reminders carried by a digest follow it once it is sent or has failed for good.
-            await reminder_checks.settle_digests(session, list(rows.values()), now)
+                    note.status = "planned"
+                    note.due_at = now + retry_delay(note.attempts, s.mail_retry_seconds)
+                    note.last_error = reason
+            metrics.mail_result(note, now)
+        # Reminders carried by a digest follow it once it is sent or has failed for good.
+        await reminder_checks.settle_digests(session, list(rows.values()), now)
 
 
 def planned_row(

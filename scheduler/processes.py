@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
+from scheduler import reminders
 from scheduler.cycle_templates import PlannedItem, Template, TemplateError, expand
 from scheduler.errors import Conflict, Invalid, NotFound
 from scheduler.events import parse_exdates
@@ -206,7 +207,13 @@ async def instantiate(
         planned = expand(template, anchor_start, now)
     except TemplateError as exc:
         raise Invalid(exc.field, exc.reason) from None
-    return await _create_planned(session, process, planned, request.status)
+    events, milestones = await _create_planned(session, process, planned, request.status)
+    if request.status == "published":  # organizers' and subscribers' reminders
+        for event in events:
+            await reminders.sync_event(session, event, now)
+        for milestone in milestones:
+            await reminders.sync_milestone(session, milestone, now)
+    return events, milestones
 
 
 async def _create_planned(

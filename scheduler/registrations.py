@@ -3,7 +3,9 @@ promoting, accrediting. Every change that a person must hear about writes its me
 outbox in the same transaction.
 
 Services flush but never commit; the caller owns the transaction and, on PostgreSQL, the
-event row lock taken by ``lock_events`` keeps the seat counts exact across nodes.
+event row lock taken by ``lock_events`` keeps the seat counts exact across nodes. A seat
+confirmed plans that person's reminders, a seat lost cancels them (``reminders``), in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
-from scheduler import outbox
+from scheduler import outbox, reminders
 from scheduler.capacity import SeatCount, hold_until, place, registration_open, to_promote
 from scheduler.errors import Conflict, Invalid, NotFound
 from scheduler.manage_links import new_nonce
@@ -52,7 +54,9 @@ Email = Annotated[
     str,
     Meta(
         max_length=320,
-        pattern=r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+\.[^@\s<>()\[\],;:\"\\]+$",
+        # No spaces, brackets or control characters (PostgreSQL refuses NUL in text).
+        pattern=r"^[^@\s<>()\[\],;:\"\\\x00-\x1f\x7f]+@[^@\s<>()\[\],;:\"\\\x00-\x1f\x7f]+"
+        r"\.[^@\s<>()\[\],;:\"\\\x00-\x1f\x7f]+$",
         examples=["amina@example.org"],
     ),
 ]
@@ -84,6 +88,26 @@ class RegistrationUpdate(msgspec.Struct, forbid_unknown_fields=True):
     language: Language | UnsetType = UNSET
     time_zone: f.ZoneName | UnsetType = UNSET
     answers: dict[str, Any] | UnsetType = UNSET
+
+
+class AlreadyRegistered(Conflict):
+    """The address holds a live registration for the event.
+
+    The answer is the same whatever that registration's state, and its manage link is
+    mailed to the address: only the mailbox's owner learns more (see ``register_many``).
+    """
+
+    def __init__(self, event_id: int) -> None:
+        super().__init__(
+            "this email is already registered for this event; the link to manage that "
+            "registration has been mailed to it (ask again at "
+            f"/api/events/{event_id}/registrations/resend)",
+            field="email",
+        )
+
+
+# A person pressing "register" again within this time gets no second manage-link mail.
+MANAGE_LINK_AGAIN_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +170,7 @@ class _EventState:
     waiting: int
     last_seq: int
     emails: set[str] = field(default_factory=set)
+    placed: set[str] = field(default_factory=set)  # by this batch
 
 
 async def _event_states(
@@ -205,7 +230,9 @@ async def register_many(
     """Place a batch of new registrations in arrival order, in one transaction.
 
     Each request either gets a Receipt or the error that refuses it; a refused request
-    writes nothing. Counts are read once per event under its lock and kept in memory.
+    writes nothing, except that an address already registered is mailed the manage link of
+    its registration (AlreadyRegistered). Counts are read once per event under its lock and
+    kept in memory.
     """
     event_ids = sorted({event_id for event_id, _ in requests})
     events = await lock_events(session, event_ids)
@@ -216,6 +243,7 @@ async def register_many(
 
     results: list[Receipt | Exception] = []
     placed: list[tuple[int, dict[str, Any], Event, int | None]] = []
+    remind: dict[tuple[int, str], Event] = {}
     for event_id, data in requests:
         try:
             event = events.get(event_id)
@@ -235,12 +263,9 @@ async def register_many(
             email = normalize_email(data.email)
             state = states[event_id]
             if email in state.emails:
-                raise Conflict(
-                    "this email is already registered for this event; use the manage link "
-                    "in the mail you received, or ask for a new one at "
-                    f"/api/events/{event_id}/registrations/resend",
-                    field="email",
-                )
+                if email not in state.placed:  # placed by this batch: its mail is coming
+                    remind[(event_id, email)] = event
+                raise AlreadyRegistered(event_id)
             key = organisation_key(data.organisation)
             if event.accreditation_required and not key:
                 raise Invalid("organisation", "this event accredits organisations: name yours")
@@ -274,8 +299,11 @@ async def register_many(
         row.update(_seat_fields(status, event, state, now, hold))
         position = state.waiting if status == "waiting" else None
         state.emails.add(email)
+        state.placed.add(email)
         placed.append((len(results), row, event, position))
         results.append(Receipt(0, event.id, status, position, row["hold_expires_at"]))
+    for (_, email), event in remind.items():
+        await mail_manage_link(session, event, email, now, again_after=MANAGE_LINK_AGAIN_AFTER)
     if not placed:
         return results
     # Two multi-row INSERTs for the whole batch, not two statements per person.
@@ -283,10 +311,15 @@ async def register_many(
         insert(Registration).returning(Registration.id, sort_by_parameter_order=True),
         [row for _, row, _, _ in placed],
     )
+    policies = await reminders.policies_for_events(
+        session, [events[e] for e in {row["event_id"] for _, row, _, _ in placed}]
+    )
     notes = []
+    planned: list[dict[str, Any]] = []
     for registration_id, (index, row, event, position) in zip(
         inserted.scalars(), placed, strict=True
     ):
+        planned += reminders.registration_rows(event, policies[event.id], registration_id, row, now)
         results[index] = Receipt(
             registration_id, event.id, row["status"], position, row["hold_expires_at"]
         )
@@ -304,6 +337,9 @@ async def register_many(
             )
         )
     await session.execute(insert(Notification), notes)
+    if planned:  # seats confirmed at once (no double opt-in): their reminders, in one go
+        await session.execute(insert(Notification), planned)
+        reminders.note_planned(session, min(r["due_at"] for r in planned))
     return results
 
 
@@ -378,6 +414,37 @@ def notify(
     return note
 
 
+async def mail_manage_link(
+    session: AsyncSession,
+    event: Event,
+    email: str,
+    now: datetime,
+    *,
+    again_after: timedelta | None = None,
+) -> bool:
+    """Queue the manage link of ``email``'s live registration for ``event``, if it has one
+    (and, with ``again_after``, if none was queued that recently). True if queued."""
+    reg = await session.scalar(
+        select(Registration).where(
+            Registration.event_id == event.id,
+            Registration.email == normalize_email(email),
+            Registration.status.in_(ACTIVE_STATUSES),
+        )
+    )
+    if reg is None:
+        return False
+    if again_after is not None:
+        last = await session.scalar(
+            select(func.max(Notification.created_at)).where(
+                Notification.registration_id == reg.id, Notification.kind == "manage_link"
+            )
+        )
+        if last is not None and last > now - again_after:
+            return False
+    notify(session, reg, event, "manage_link")
+    return True
+
+
 async def waitlist_position(session: AsyncSession, reg: Registration) -> int | None:
     if reg.status != "waiting" or reg.waitlist_seq is None:
         return None
@@ -424,6 +491,9 @@ async def promote_waiting(
             reg.confirmed_at = now
         notify(session, reg, event, "promoted")
     await session.flush()
+    seated = [r for r in promoted if r.status == "confirmed"]
+    if seated:
+        await reminders.sync_registrations(session, event, seated, now)
     return promoted
 
 
@@ -440,7 +510,7 @@ async def confirm(session: AsyncSession, reg: Registration, now: datetime) -> bo
     reg.confirmed_at = now
     reg.hold_expires_at = None
     notify(session, reg, event, "registration_confirmed")
-    await session.flush()
+    await reminders.plan_for_registration(session, reg, event, now)
     return True
 
 
@@ -456,7 +526,7 @@ async def cancel(
     reg.cancelled_at = now
     reg.hold_expires_at = None
     notify(session, reg, event, "cancelled")
-    await session.flush()
+    await reminders.plan_for_registration(session, reg, event, now)
     return await promote_waiting(session, event, now, hold) if had_seat else []
 
 
@@ -519,7 +589,7 @@ async def approve(
         setattr(reg, name, value)
     position = state.waiting if reg.status == "waiting" else None
     notify(session, reg, event, "approved", position=position)
-    await session.flush()
+    await reminders.plan_for_registration(session, reg, event, now)
     return Receipt(reg.id, reg.event_id, reg.status, position, reg.hold_expires_at)
 
 
@@ -531,6 +601,7 @@ async def reject(session: AsyncSession, reg: Registration, reason: str, now: dat
     reg.status = "rejected"
     reg.decided_at = now
     notify(session, reg, event, "rejected", reason=reason)
+    await reminders.cancel_for_registration(session, reg, "the registration was rejected")
     await session.flush()
 
 
@@ -560,12 +631,17 @@ async def expire_holds(session: AsyncSession, now: datetime, hold: timedelta) ->
         reg.hold_expires_at = None
         notify(session, reg, events[reg.event_id], "hold_expired")
     await session.flush()
+    await reminders.cancel_for_registrations(
+        session, [r.id for r in expired], "the hold expired unconfirmed"
+    )
     for event in events.values():
         await promote_waiting(session, event, now, hold)
     return len(expired)
 
 
-async def update(session: AsyncSession, reg: Registration, data: RegistrationUpdate) -> None:
+async def update(
+    session: AsyncSession, reg: Registration, data: RegistrationUpdate, now: datetime
+) -> None:
     if reg.status not in ACTIVE_STATUSES:
         raise Conflict(f"a {reg.status} registration cannot be changed", field="status")
     check_person(data)
@@ -578,3 +654,5 @@ async def update(session: AsyncSession, reg: Registration, data: RegistrationUpd
         if value is not UNSET:
             setattr(reg, name, value.strip() if isinstance(value, str) else value)
     await session.flush()
+    if reg.status == "confirmed":  # reminders follow a new name, language or time zone
+        await reminders.plan_for_registration(session, reg, event, now)

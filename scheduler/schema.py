@@ -9,9 +9,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from scheduler.job_locks import lock_key
 from scheduler.models import Base
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -26,6 +28,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Nodes starting together: one migrates, the others wait, then find nothing to do.
+            await conn.execute(select(func.pg_advisory_xact_lock(lock_key("migrate"))))
         await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
 
 

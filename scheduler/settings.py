@@ -21,6 +21,7 @@ ENV_PREFIX = "SCHEDULER_"
 
 _DB_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -38,6 +39,10 @@ class Settings:
     port: int = 8000
     base_url: str = ""
     log_level: str = "info"
+    # text: plain lines; json: one JSON object per line (scheduler/logs.py).
+    log_format: str = "text"
+    # GET /metrics in the Prometheus text format (scheduler/metrics.py).
+    metrics_enabled: bool = True
     max_body_bytes: int = 1_048_576
     database_url: str = "sqlite+aiosqlite:///var/scheduler.db"
     database_busy_timeout_ms: int = 10_000
@@ -49,6 +54,15 @@ class Settings:
     secret_key: str = ""
     registration_hold_minutes: int = 2880
     manage_link_days_after_event: int = 30
+    # Public forms that mail someone (register, resend the manage link, subscribe): at most
+    # per_ip requests per window from one address and per_email for one email; 0: no limit.
+    # Kept in memory: each node of a cluster counts on its own.
+    rate_limits_window_seconds: int = 600
+    rate_limits_per_ip: int = 100
+    rate_limits_per_email: int = 10
+    # Personal data of events that ended more than this many months ago is anonymised by a
+    # daily job (scheduler/retention.py); 0 keeps it.
+    retention_months: int = 0
     mail_enabled: bool = True
     mail_transport: str = "maildir"
     mail_from: str = "Forum Scheduler <noreply@forum-scheduler.localhost>"
@@ -187,6 +201,8 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError("database_url", f"must start with one of {', '.join(_DB_SCHEMES)}")
     if settings.log_level not in _LOG_LEVELS:
         raise SettingsError("log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if settings.log_format not in _LOG_FORMATS:
+        raise SettingsError("log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if settings.max_body_bytes < 1024:
         raise SettingsError("max_body_bytes", "must be at least 1024")
     if settings.database_pool_size < 1:
@@ -211,6 +227,13 @@ def _validated(settings: Settings) -> Settings:
             raise SettingsError(key, "must be at least 1")
     if not 1 <= settings.smtp_port <= 65535:
         raise SettingsError("smtp_port", "must be between 1 and 65535")
+    if settings.rate_limits_window_seconds < 1:
+        raise SettingsError("rate_limits_window_seconds", "must be at least 1")
+    for key in ("rate_limits_per_ip", "rate_limits_per_email"):
+        if getattr(settings, key) < 0:
+            raise SettingsError(key, "must not be negative (0 turns the limit off)")
+    if not 0 <= settings.retention_months <= 1200:
+        raise SettingsError("retention_months", "must be between 0 (keep) and 1200")
     if settings.database_busy_timeout_ms < 0:
         raise SettingsError("database_busy_timeout_ms", "must not be negative")
     _validate_feeds(settings)

@@ -7,7 +7,8 @@ outside the event. The services below them take a session, flush and never commi
 
 A request is ``requested`` until the organizer selects it (``selected``, with a position
 and a slot) or declines it (``declined``); the registrant may withdraw it (``withdrawn``).
-Unselected requests stay ``requested``: only an explicit decline tells someone no.
+Unselected requests stay ``requested``: only an explicit decline tells someone no. A
+selected speaker's reminders carry the slot; they are planned again whenever it changes.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from msgspec import Meta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from scheduler import reminders
 from scheduler.errors import Conflict, Invalid, NotFound
-from scheduler.models import SEAT_STATUSES, Event, Registration, SpeakerRequest
+from scheduler.models import SEAT_STATUSES, Event, Registration, SpeakerRequest, utc_now
 from scheduler.registrations import Language, lock_events, notify
 from scheduler.timezones import local_iso
 
@@ -219,20 +221,25 @@ async def request_to_speak(
     return req
 
 
-async def withdraw(session: AsyncSession, reg: Registration) -> None:
+async def withdraw(session: AsyncSession, reg: Registration, now: datetime | None = None) -> None:
     """The registrant takes back their request; the speakers after them keep their slots."""
-    await lock_events(session, [reg.event_id])  # before reading: no race with a decline
+    event = (await lock_events(session, [reg.event_id]))[reg.event_id]  # no race with a decline
     req = await request_for(session, reg)
     if req is None or req.status == "withdrawn":
         raise NotFound("this registration has no request to speak")
     if req.status == "declined":
         raise Conflict("this request was declined", field="status")
+    was_selected = req.status == "selected"
     _take_off(req, "withdrawn")
     await session.flush()
     await _renumber(session, req.event_id)
+    if was_selected:
+        await reminders.plan_for_registration(session, reg, event, now or utc_now())
 
 
-async def decline(session: AsyncSession, event: Event, request_id: int, reason: str) -> None:
+async def decline(
+    session: AsyncSession, event: Event, request_id: int, reason: str, now: datetime | None = None
+) -> None:
     """Decline a request, selected or not, and tell the registrant."""
     await lock_events(session, [event.id])
     req = await session.get(SpeakerRequest, request_id)
@@ -242,10 +249,13 @@ async def decline(session: AsyncSession, event: Event, request_id: int, reason: 
         raise Conflict(f"this request is already {req.status}", field="status")
     reg = await session.get(Registration, req.registration_id)
     assert reg is not None
+    was_selected = req.status == "selected"
     _take_off(req, "declined")
     notify(session, reg, event, "speaker_declined", reason=" ".join(reason.split()))
     await session.flush()
     await _renumber(session, event.id)
+    if was_selected:  # back to the plain registrant reminders
+        await reminders.plan_for_registration(session, reg, event, now or utc_now())
 
 
 async def select_for_event(
@@ -371,6 +381,7 @@ async def _place(
     if problem is not None:
         raise Invalid(*problem)
     added = []
+    changed: list[Registration] = []
     for position, ((req, reg), (slot_start, slot_end)) in enumerate(
         zip(order, times, strict=True), start=1
     ):
@@ -384,7 +395,10 @@ async def _place(
             added.append(req.id)
         if new or moved:
             _tell_selected(session, reg, event, req)
+            changed.append(reg)
     await session.flush()
+    if changed:  # speaker reminders with the new slot replace the plain ones
+        await reminders.sync_registrations(session, event, changed, utc_now())
     return Outcome(order, added)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import hypothesis
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
@@ -25,6 +26,11 @@ from scheduler.models import Base
 from scheduler.organizers import create_organizer
 from scheduler.schema import migrate
 from scheduler.settings import Settings
+
+# Property tests draw the same examples on every run, so CI cannot turn red by chance;
+# explore new examples locally with `pytest --hypothesis-seed=<n>`.
+hypothesis.settings.register_profile("repeatable", derandomize=True)
+hypothesis.settings.load_profile("repeatable")
 
 # The real SMTP server fixture (`mail_server`) for every test module.
 pytest_plugins = ["tests.mail_server"]

@@ -35,6 +35,9 @@ def server_env(data_dir: Path, database_url: str, **extra: str) -> dict[str, str
         SCHEDULER_MAIL_MAILDIR=str(data_dir / "mail"),
         SCHEDULER_SECRET_KEY=SECRET,
         SCHEDULER_LOG_LEVEL="warning",
+        # Every test client is 127.0.0.1, standing for hundreds of people: no per-address
+        # limit here (tests/test_rate_limits.py checks the limits; pass extra to set one).
+        SCHEDULER_RATE_LIMITS_PER_IP="0",
     )
     env.update(extra)
     return env

@@ -30,6 +30,7 @@ from scheduler import manage_links
 from scheduler.database import open_database
 from scheduler.models import Accreditation, Event, Notification, Registration, utc_now
 from scheduler.registrations import expire_holds
+from scheduler.reminders import REMINDER_KINDS
 from scheduler.settings import Settings
 from tests.conftest import Api, base_settings
 
@@ -148,10 +149,11 @@ async def notifications(api: Api, **params: Any) -> list[dict[str, Any]]:
 
 
 async def all_sent(api: Api, count: int) -> list[dict[str, Any]]:
-    """Wait (bounded) until the outbox has delivered exactly ``count`` messages."""
+    """Wait (bounded) until the outbox has delivered exactly ``count`` messages (reminders,
+    planned for the days before the event, are not counted)."""
     deadline = time.monotonic() + 15
     while True:
-        items = await notifications(api, limit=1000)
+        items = [i for i in await notifications(api, limit=1000) if i["kind"] not in REMINDER_KINDS]
         if len(items) >= count and all(i["status"] == "sent" for i in items):
             assert len(items) == count, [(i["kind"], i["recipient_email"]) for i in items]
             return items
@@ -427,6 +429,17 @@ async def test_same_email_twice_is_refused_until_cancelled(api: Api) -> None:
     assert "already registered" in message
     assert f"/api/events/{eid}/registrations/resend" in message  # the manage hint
     assert (await listed(api, eid))["total"] == 1
+    # The manage link goes to the address itself: only its owner learns more.
+    links = await notifications(api, kind="manage_link")
+    assert [(n["recipient_email"], n["registration_id"]) for n in links] == [
+        ("amina@example.org", first["id"])
+    ]
+    # Pressing "register" again soon after: the same answer, no second mail.
+    again = await api.client.post(
+        f"/api/events/{eid}/registrations", json=person("Amina", email="amina@example.org")
+    )
+    assert (again.status_code, again.json()) == (409, r.json())
+    assert len(await notifications(api, kind="manage_link")) == 1
 
     # The resend route always answers the same, and mails only a registered address.
     for email in ("amina@EXAMPLE.org", "nobody@example.org"):
@@ -434,7 +447,7 @@ async def test_same_email_twice_is_refused_until_cancelled(api: Api) -> None:
         assert r.status_code == 202
         assert r.json()["detail"] == "If this address is registered, a mail is on its way."
     links = await notifications(api, kind="manage_link")
-    assert [n["recipient_email"] for n in links] == ["amina@example.org"]
+    assert [n["recipient_email"] for n in links] == ["amina@example.org"] * 2
 
     token = await token_for(api, first["id"])
     r = await api.client.post(f"/api/registrations/{token}/cancel")

@@ -87,7 +87,7 @@ async def test_process_feed_is_valid_icalendar(api: Api) -> None:
         assert start.isoformat() == event["start_local"]
         assert int(component["SEQUENCE"]) == event["sequence"]
         assert str(component["STATUS"]) == "CONFIRMED"
-        assert str(component["URL"]).endswith(f"/api/events/{event['id']}")
+        assert str(component["URL"]).endswith(f"/events/{event['id']}")
         assert component.decoded("DTSTAMP").tzinfo is not None
     for milestone in milestones:
         component = by_uid[uid(milestone)]

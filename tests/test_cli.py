@@ -119,3 +119,18 @@ def test_bad_settings_stop_the_start_naming_the_key(
     assert result.returncode == 2
     assert named in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_organizer_create_with_an_email_for_reminders(tmp_path: Path) -> None:
+    assert run(tmp_path, "migrate").returncode == 0
+    assert run(tmp_path, "demo").returncode == 0
+    bad = run(tmp_path, "organizer", "create", "--name", "X", "--email", "not an address")
+    assert bad.returncode == 2 and "--email" in bad.stderr
+    created = run(
+        tmp_path, "organizer", "create", "--name", "Focal point", "--process", "gcm",
+        "--email", "Focal@Example.org",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        rows = conn.execute("SELECT name, email FROM organizers").fetchall()
+    assert rows == [("Focal point", "focal@example.org")]

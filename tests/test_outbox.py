@@ -688,6 +688,12 @@ async def test_notifications_api_lists_an_organizers_messages(env: Env) -> None:
             "message_id",
             "event_id",
             "registration_id",
+            "milestone_id",
+            "subscription_id",
+            "organizer_id",
+            "offset_minutes",
+            "basis",
+            "sent_with_id",
         }
         assert items[no_event_id]["event_id"] is None
 

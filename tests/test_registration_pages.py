@@ -72,7 +72,7 @@ async def test_confirm_by_button_and_cancel_promotes(api: Api) -> None:
     page = await api.client.get(f"/registrations/{token}")
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
-    assert "Seat held" in page.text and 'lang="fr"' in page.text
+    assert "Place réservée" in page.text and 'lang="fr"' in page.text
     assert "(Africa/Dakar)" not in page.text and "Africa/Dakar" in page.text
 
     # Following the mailed confirm link shows a button; it does not confirm by itself.
@@ -85,12 +85,12 @@ async def test_confirm_by_button_and_cancel_promotes(api: Api) -> None:
     assert done.status_code == 303
     assert (await api.client.get(f"/api/registrations/{token}")).json()["status"] == "confirmed"
     waiting = (await api.client.get(f"/registrations/{second}")).text
-    assert "On the waiting list" in waiting
+    assert "Sur la liste d\u2019attente" in waiting  # in the registrant's language
 
     done = await api.client.post(f"/registrations/{token}/cancel", follow_redirects=False)
     assert done.status_code == 303
     after = await api.client.get(done.headers["location"])
-    assert "Cancelled" in after.text
+    assert "Annulée" in after.text
     promoted = (await api.client.get(f"/api/registrations/{second}")).json()
     assert promoted["status"] == "held"
 
@@ -101,5 +101,5 @@ async def test_forged_links_get_a_plain_404_page(api: Api) -> None:
     for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), "nonsense", f"{reg_id + 9}.x"):
         page = await api.client.get(f"/registrations/{bad}")
         assert page.status_code == 404
-        assert "Registration not found" in page.text
+        assert "Not found" in page.text
         assert "Person" not in page.text

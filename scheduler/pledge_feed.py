@@ -1,0 +1,1065 @@
+"""Pledge feeds over HTTP: the client, the incremental parsers, and the sync itself.
+
+A run claims the feed's lease in a short transaction, then fetches every page and parses it
+as it streams in, validating each record and appending it to a scratch file: no transaction
+is open while the network is slow, and memory stays flat however large the feed. Then ONE
+write transaction applies the scratch file, so a run commits all its good changes or none.
+Timeouts, cut-off bodies, 5xx and 429 are retried with backoff (Retry-After honoured);
+anything else ends the run with one clear error and the pledges untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import csv
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import httpx
+from sqlalchemy import select
+
+from scheduler import __version__, metrics
+from scheduler import feeds as feed_rules
+from scheduler.clock import Clock
+from scheduler.database import Database
+from scheduler.errors import NotFound
+from scheduler.feeds import Busy, Claim, FeedTarget
+from scheduler.models import Feed, FeedRun, utc_now
+from scheduler.pledge_writes import (
+    Counts,
+    Quarantined,
+    Stager,
+    apply_staged,
+    enqueue_digest,
+    prune_runs,
+    quarantined_json,
+)
+from scheduler.pledges import BadRecord, FieldPaths, field_paths, source_id_of
+from scheduler.pledges import validate_record as validate
+from scheduler.settings import Settings
+
+log = logging.getLogger("scheduler.feeds")
+
+USER_AGENT = f"ForumScheduler/{__version__} (pledge feeds)"
+JSON_TYPES = frozenset({"application/json", "text/json"})
+CSV_TYPES = frozenset(
+    {
+        "text/csv",
+        "application/csv",
+        "text/plain",
+        "application/octet-stream",
+        "application/vnd.ms-excel",
+    }
+)
+ITEM_KEYS = ("items", "data", "results", "pledges", "records")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_BACKOFF = 60.0
+_MAX_ERROR = 2000
+
+
+# --- Errors -------------------------------------------------------------------------------
+
+
+class FeedError(Exception):
+    """Ends a run; ``reason`` is what the run records for organizers."""
+
+    def __init__(
+        self, reason: str, *, http_status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+
+class Retryable(FeedError):
+    """A failure worth another try: a timeout, a dropped connection, 5xx, 429."""
+
+
+class MalformedBody(ValueError):
+    """The body is not the JSON or CSV it claims to be."""
+
+
+class LeaseLost(Exception):
+    """Another node took the feed over while this run was fetching."""
+
+
+# --- The client (the one way out) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    allowed_hosts: frozenset[str]
+    redirect_other_hosts: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_bytes: int = 268_435_456
+    max_record_bytes: int = 1_048_576
+    max_pages: int = 10_000
+    max_redirects: int = 5
+    max_retries: int = 3
+    retry_base: float = 1.0
+    max_retry_after: float = 600.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FetchPolicy:
+        return cls(
+            allowed_hosts=feed_rules.parse_hosts(s.feeds_allowed_hosts),
+            redirect_other_hosts=s.feeds_redirect_other_hosts,
+            connect_timeout=float(s.feeds_connect_timeout_seconds),
+            read_timeout=float(s.feeds_read_timeout_seconds),
+            max_bytes=s.feeds_max_bytes,
+            max_record_bytes=s.feeds_max_record_bytes,
+            max_pages=s.feeds_max_pages,
+            max_redirects=s.feeds_max_redirects,
+            max_retries=s.feeds_max_retries,
+            retry_base=s.feeds_retry_base_ms / 1000,
+            max_retry_after=float(s.feeds_max_retry_after_seconds),
+        )
+
+
+class FeedClient:
+    """Every request to a feed server goes through here: allow-list, redirects, caps.
+
+    Redirects are followed by hand so that each hop is checked against the allow-list (and,
+    unless ``redirect_other_hosts``, must stay on the same host); the auth header goes only
+    to the host it was configured for. Proxies from the environment are ignored.
+    """
+
+    def __init__(
+        self, policy: FetchPolicy, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.policy = policy
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=policy.connect_timeout,
+                read=policy.read_timeout,
+                write=policy.read_timeout,
+                pool=policy.connect_timeout,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @asynccontextmanager
+    async def get(
+        self,
+        url: str,
+        headers: dict[str, str],
+        auth: tuple[str, str] | None = None,
+        auth_host: str | None = None,
+    ) -> AsyncIterator[tuple[httpx.URL, httpx.Response]]:
+        """The response (body not yet read) and the URL it finally came from.
+
+        ``auth`` goes only to ``auth_host`` (default: the host of ``url``), never to a host
+        a redirect or a next link leads to.
+        """
+        current = self._allowed(url)
+        auth_host = (auth_host or current.host).lower()
+        for _ in range(self.policy.max_redirects + 1):
+            sent = dict(headers)
+            if auth is not None and current.host.lower() == auth_host:
+                sent[auth[0]] = auth[1]
+            request = self._http.build_request("GET", current, headers=sent)
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise Retryable(f"timed out ({_kind(exc)}) on {current.host}") from None
+            except httpx.TransportError as exc:
+                raise Retryable(f"cannot reach {current.host}: {_kind(exc)}") from None
+            location = response.headers.get("location")
+            if response.status_code in _REDIRECTS and location:
+                await response.aclose()
+                current = self._redirect(current, location)
+                continue
+            try:
+                yield current, response
+            finally:
+                await response.aclose()
+            return
+        raise FeedError(f"more than {self.policy.max_redirects} redirects")
+
+    async def body(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The decoded body in chunks, cut off (FeedError) past ``max_bytes``."""
+        cap = self.policy.max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise FeedError(
+                f"the body is {int(declared):,} bytes, more than feeds_max_bytes ({cap:,})"
+            )
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise FeedError(f"the body is larger than feeds_max_bytes ({cap:,} bytes)")
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise Retryable(
+                f"timed out reading the body after {size:,} bytes ({_kind(exc)})"
+            ) from None
+        except httpx.DecodingError as exc:
+            raise FeedError(f"the body cannot be decompressed: {exc}") from None
+        except httpx.TransportError as exc:
+            raise Retryable(f"the body was cut off after {size:,} bytes ({_kind(exc)})") from None
+
+    def _allowed(self, url: str) -> httpx.URL:
+        try:
+            return feed_rules.check_url(url, self.policy.allowed_hosts)
+        except ValueError as exc:
+            raise FeedError(f"refused to fetch {url[:200]}: {exc}") from None
+
+    def _redirect(self, current: httpx.URL, location: str) -> httpx.URL:
+        try:
+            target = current.join(location.strip())
+        except httpx.InvalidURL:
+            raise FeedError(f"redirected to an unusable location {location[:200]!r}") from None
+        if not feed_rules.same_origin(current, target) and not self.policy.redirect_other_hosts:
+            raise FeedError(
+                f"redirected from {current.host} to another host ({target.host}); refused "
+                "(feeds_redirect_other_hosts is off)"
+            )
+        return self._allowed(str(target))
+
+
+def _kind(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def retry_delay(attempt: int, base: float) -> float:
+    """``base`` after the first failure, doubling each time, at most a minute."""
+    delay: float = base * 2 ** max(attempt - 1, 0)
+    return min(delay, _MAX_BACKOFF)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None if absent."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+# --- Incremental parsers (pure: fed text, give records) ------------------------------------
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+# Parser states for one JSON page.
+_START, _KEY_OR_END, _KEY, _COLON, _VALUE, _AFTER_VALUE = range(6)
+_FIRST, _ELEMENT, _AFTER_ELEMENT, _DONE = range(6, 10)
+
+
+class JsonPageReader:
+    """One JSON page, read as it arrives: each record is decoded as soon as it is complete.
+
+    The page is an array of records, or an object holding them under one of ITEM_KEYS next
+    to its paging (``next``, ``links.next``, or ``page`` with ``pages``/``total_pages``).
+    Memory holds the unread tail of the text and one record at a time.
+    """
+
+    def __init__(self, max_record_chars: int = 1_048_576) -> None:
+        self._buf = ""
+        self._pos = 0
+        self._dropped = 0
+        self._state = _START
+        self._key = ""
+        self._top_array = False
+        self._eof = False
+        self._max = max_record_chars
+        self.meta: dict[str, Any] = {}
+        self.has_items = False
+
+    def feed(self, text: str) -> list[Any]:
+        if text:
+            if self._pos > 65536:
+                self._dropped += self._pos
+                self._buf = self._buf[self._pos :]
+                self._pos = 0
+            self._buf += text
+        return self._run()
+
+    def close(self) -> list[Any]:
+        self._eof = True
+        out = self._run()
+        if self._state != _DONE:
+            raise MalformedBody(f"the JSON ends early at character {self._at(self._pos)}")
+        if not self.has_items:
+            raise MalformedBody(
+                "no list of records (expected an array, or an object with one of "
+                f"{', '.join(ITEM_KEYS)}; found keys: {', '.join(list(self.meta)[:10]) or 'none'})"
+            )
+        return out
+
+    def next_url(self, current: httpx.URL) -> str | None:
+        """The next page, from a ``next`` link (relative to this page) or page numbers."""
+        meta = self.meta
+        links = meta.get("links")
+        if "next" in meta or (isinstance(links, dict) and "next" in links):
+            link = meta["next"] if "next" in meta else cast(dict[str, Any], links)["next"]
+            if link is None or link == "":
+                return None
+            if not isinstance(link, str):
+                raise MalformedBody(f"next: expected a URL, got {type(link).__name__}")
+            return str(current.join(link.strip()))
+        page = meta.get("page")
+        total = next((meta[k] for k in ("pages", "total_pages", "last_page") if k in meta), None)
+        if isinstance(page, int) and isinstance(total, int) and 0 < page < total:
+            return str(current.copy_set_param("page", str(page + 1)))
+        return None
+
+    def _at(self, pos: int) -> int:
+        return self._dropped + pos
+
+    def _bad(self, pos: int, reason: str) -> MalformedBody:
+        return MalformedBody(f"{reason} at character {self._at(pos):,}")
+
+    def _decode(self, pos: int) -> tuple[Any, int] | None:
+        """One JSON value at ``pos``, or None when it needs more text."""
+        buf = self._buf
+        try:
+            value, end = _DECODER.raw_decode(buf, pos)
+        except json.JSONDecodeError as exc:
+            if self._eof:
+                raise self._bad(exc.pos, exc.msg) from None
+            if len(buf) - pos > self._max:
+                raise self._bad(
+                    pos, f"a record longer than {self._max:,} characters, or {exc.msg}"
+                ) from None
+            # An error well before the end of what we have cannot be cured by more text.
+            if exc.pos < len(buf) - 64 and not exc.msg.startswith("Unterminated string"):
+                raise self._bad(exc.pos, exc.msg) from None
+            return None
+        if end == len(buf) and not self._eof and type(value) in (int, float):
+            return None  # a number may go on in the next chunk
+        if end - pos > self._max:
+            raise self._bad(pos, f"a record longer than {self._max:,} characters")
+        return value, end
+
+    def _run(self) -> list[Any]:
+        out: list[Any] = []
+        while True:
+            buf = self._buf
+            pos = _WS.match(buf, self._pos).end()  # type: ignore[union-attr]
+            self._pos = pos
+            if pos >= len(buf):
+                return out
+            ch = buf[pos]
+            state = self._state
+            if state in (_FIRST, _ELEMENT):
+                if ch == "]" and state == _FIRST:
+                    self._end_array(pos)
+                    continue
+                got = self._decode(pos)
+                if got is None:
+                    return out
+                out.append(got[0])
+                self._pos = got[1]
+                self._state = _AFTER_ELEMENT
+            elif state == _AFTER_ELEMENT:
+                if ch == ",":
+                    self._state = _ELEMENT
+                elif ch == "]":
+                    self._end_array(pos)
+                    continue
+                else:
+                    raise self._bad(pos, "expected ',' or ']' between records")
+                self._pos = pos + 1
+            elif state == _START:
+                if ch == "[":
+                    self._top_array = self.has_items = True
+                    self._state = _FIRST
+                elif ch == "{":
+                    self._state = _KEY_OR_END
+                elif ch != "\ufeff":
+                    raise self._bad(pos, "expected a JSON object or array")
+                self._pos = pos + 1
+            elif state in (_KEY_OR_END, _KEY):
+                if ch == "}" and state == _KEY_OR_END:
+                    self._state = _DONE
+                    self._pos = pos + 1
+                    continue
+                if ch != '"':
+                    raise self._bad(pos, "expected a key")
+                got = self._decode(pos)
+                if got is None:
+                    return out
+                self._key, self._pos = got
+                self._state = _COLON
+            elif state == _COLON:
+                if ch != ":":
+                    raise self._bad(pos, "expected ':'")
+                self._state = _VALUE
+                self._pos = pos + 1
+            elif state == _VALUE:
+                if ch == "[" and self._key in ITEM_KEYS and not self.has_items:
+                    self.has_items = True
+                    self._state = _FIRST
+                    self._pos = pos + 1
+                    continue
+                got = self._decode(pos)
+                if got is None:
+                    return out
+                self.meta[self._key] = got[0]
+                self._pos = got[1]
+                self._state = _AFTER_VALUE
+            elif state == _AFTER_VALUE:
+                if ch == ",":
+                    self._state = _KEY
+                elif ch == "}":
+                    self._state = _DONE
+                else:
+                    raise self._bad(pos, "expected ',' or '}'")
+                self._pos = pos + 1
+            else:
+                raise self._bad(pos, "unexpected text after the end of the JSON")
+
+    def _end_array(self, pos: int) -> None:
+        self._state = _DONE if self._top_array else _AFTER_VALUE
+        self._pos = pos + 1
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A CSV row that does not fit the header."""
+
+    reason: str
+    values: dict[str, str]
+
+
+class CsvReader:
+    """A CSV body read as it arrives: rows (as dicts keyed by the header) once complete.
+
+    Only complete records reach the csv module: a line ends a record when the quotes seen
+    so far balance, so a quoted field may span lines and chunks.
+    """
+
+    def __init__(self) -> None:
+        self._partial = ""
+        self._pending: list[str] = []
+        self._quoted = False
+        self.header: list[str] | None = None
+
+    def feed(self, text: str) -> list[dict[str, str] | BadRow]:
+        if not text:
+            return []
+        joined = self._partial + text
+        lines = joined.split("\n")
+        self._partial = lines.pop()
+        if not self._quoted and not self._pending and '"' not in joined:
+            return self._rows(lines)  # the common case: no quoting anywhere in this chunk
+        complete: list[str] = []
+        for line in lines:
+            if line.count('"') % 2:
+                self._quoted = not self._quoted
+            if self._quoted:
+                self._pending.append(line + "\n")
+            elif self._pending:
+                self._pending.append(line)
+                complete.extend(self._pending)
+                self._pending = []
+            else:
+                complete.append(line)
+        return self._rows(complete)
+
+    def close(self) -> list[dict[str, str] | BadRow]:
+        rows = self.feed("\n") if self._partial else []
+        if self._quoted or self._pending:
+            raise MalformedBody("a quoted field is never closed (the CSV ends early)")
+        if self.header is None:
+            raise MalformedBody("no header row")
+        return rows
+
+    def _rows(self, lines: list[str]) -> list[dict[str, str] | BadRow]:
+        out: list[dict[str, str] | BadRow] = []
+        try:
+            reader = csv.reader(lines, strict=True)
+            for row in reader:
+                if not row or row == [""]:
+                    continue
+                if self.header is None:
+                    self.header = [name.strip() for name in row]
+                    duplicates = {n for n in self.header if self.header.count(n) > 1}
+                    if duplicates:
+                        raise MalformedBody(f"the header names {sorted(duplicates)[0]!r} twice")
+                    continue
+                if len(row) != len(self.header):
+                    values = dict(zip(self.header, row, strict=False))
+                    reason = f"expected {len(self.header)} fields, got {len(row)}"
+                    out.append(BadRow(reason, values))
+                    continue
+                out.append(dict(zip(self.header, row, strict=True)))
+        except csv.Error as exc:
+            raise MalformedBody(f"not valid CSV: {exc}") from None
+        return out
+
+
+# --- Fetching -----------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What a run has done so far, for a progress line."""
+
+    feed: str
+    phase: str = "fetch"
+    pages: int = 0
+    records: int = 0
+    quarantined: int = 0
+    bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    not_modified: bool
+    http_status: int | None
+    etag: str = ""
+    last_modified: str = ""
+    pages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    not_modified: bool
+    status: int
+    etag: str = ""
+    last_modified: str = ""
+    next_url: str | None = None
+
+
+class Fetcher:
+    """Reads every page of one feed into a Stager, with retries per page."""
+
+    def __init__(
+        self,
+        client: FeedClient,
+        target: FeedTarget,
+        stager: Stager,
+        now: datetime,
+        *,
+        progress: Progress | None = None,
+        on_progress: ProgressFn | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.policy = client.policy
+        self.target = target
+        self.stager = stager
+        self.now = now
+        self.progress = progress or Progress(target.name)
+        self.on_progress = on_progress
+        self.sleep = sleep
+        self.paths: FieldPaths = field_paths(target.field_map, nested=target.format == "json")
+        self._auth = (
+            (target.auth_header_name, target.auth_header_value) if target.auth_header_name else None
+        )
+        try:
+            self._auth_host: str | None = httpx.URL(target.url).host  # never any other host
+        except httpx.InvalidURL:
+            self._auth_host = None  # refused by the client anyway
+        self._reported = 0.0
+
+    async def fetch(self) -> Fetched:
+        url: str | None = self.target.url
+        seen: set[str] = set()
+        first: _Page | None = None
+        while url is not None:
+            number = len(seen) + 1
+            if number > self.policy.max_pages:
+                raise FeedError(f"more than {self.policy.max_pages:,} pages (feeds_max_pages)")
+            if url in seen:
+                raise FeedError(f"page {number}: the next link leads back to {url[:200]}")
+            seen.add(url)
+            headers: dict[str, str] = {}
+            if first is None:
+                if self.target.etag:
+                    headers["If-None-Match"] = self.target.etag
+                if self.target.last_modified:
+                    headers["If-Modified-Since"] = self.target.last_modified
+            page = await self._with_retries(url, headers, number)
+            if page.not_modified:
+                if first is None and headers:
+                    return Fetched(True, 304)
+                raise FeedError(f"page {number}: 304 Not Modified to a plain request")
+            first = first or page
+            self.progress.pages = number
+            self._report(force=True)
+            url = page.next_url
+        assert first is not None
+        pages = len(seen)
+        # Validators of the first page speak for the whole feed only when it is one page.
+        if pages == 1:
+            return Fetched(False, first.status, first.etag[:500], first.last_modified[:100], 1)
+        return Fetched(False, first.status, "", "", pages)
+
+    async def _with_retries(self, url: str, headers: dict[str, str], number: int) -> _Page:
+        attempt = 0
+        while True:
+            attempt += 1
+            mark = self.stager.mark()
+            try:
+                return await self._page(url, headers)
+            except Retryable as exc:
+                self.stager.rewind(mark)
+                reason = f"page {number}: {exc.reason}"
+                if attempt > self.policy.max_retries:
+                    raise FeedError(
+                        f"{reason} (gave up after {attempt} attempts)",
+                        http_status=exc.http_status,
+                        retry_after=exc.retry_after,
+                    ) from None
+                wait = exc.retry_after
+                if wait is not None and wait > self.policy.max_retry_after:
+                    raise FeedError(
+                        f"{reason}; the server asks to wait {wait:.0f} s, longer than "
+                        f"feeds_max_retry_after_seconds ({self.policy.max_retry_after:.0f})",
+                        http_status=exc.http_status,
+                        retry_after=wait,
+                    ) from None
+                if wait is None:
+                    wait = retry_delay(attempt, self.policy.retry_base)
+                log.info("feed %s: %s; retrying in %.2f s", self.target.name, reason, wait)
+                await self.sleep(wait)
+            except FeedError as exc:
+                raise FeedError(
+                    f"page {number}: {exc.reason}",
+                    http_status=exc.http_status,
+                    retry_after=exc.retry_after,
+                ) from None
+
+    async def _page(self, url: str, headers: dict[str, str]) -> _Page:
+        got = self.client.get(url, headers, self._auth, self._auth_host)
+        async with got as (final_url, response):
+            status = response.status_code
+            if status == 304:
+                return _Page(True, status)
+            if status in (429, 503):
+                wait = retry_after_seconds(response.headers.get("retry-after"), utc_now())
+                raise Retryable(f"HTTP {status}", http_status=status, retry_after=wait)
+            if status >= 500:
+                raise Retryable(f"HTTP {status}", http_status=status)
+            if status != 200:
+                raise FeedError(
+                    f"HTTP {status} {response.reason_phrase}".rstrip(), http_status=status
+                )
+            decoder = self._decoder(response)
+            reader: JsonPageReader | CsvReader
+            if self.target.format == "json":
+                reader = JsonPageReader(self.policy.max_record_bytes)
+            else:
+                reader = CsvReader()
+            size = 0
+            try:
+                async for chunk in self.client.body(response):
+                    size += len(chunk)
+                    self.progress.bytes += len(chunk)
+                    self._take(reader.feed(decoder.decode(chunk)))
+                if size == 0:
+                    raise FeedError("the body is empty", http_status=status)
+                self._take(reader.feed(decoder.decode(b"", final=True)))
+                self._take(reader.close())
+                next_url = (
+                    reader.next_url(final_url) if isinstance(reader, JsonPageReader) else None
+                )
+            except MalformedBody as exc:
+                kind = "JSON" if self.target.format == "json" else "CSV"
+                raise FeedError(f"malformed {kind}: {exc}", http_status=status) from None
+            except UnicodeDecodeError as exc:
+                raise FeedError(
+                    f"not valid {exc.encoding} text ({exc.reason})", http_status=status
+                ) from None
+            return _Page(
+                False,
+                status,
+                response.headers.get("etag", ""),
+                response.headers.get("last-modified", ""),
+                next_url,
+            )
+
+    def _decoder(self, response: httpx.Response) -> codecs.IncrementalDecoder:
+        header = response.headers.get("content-type", "")
+        media = header.split(";", 1)[0].strip().lower()
+        if self.target.format == "json":
+            ok = not media or media in JSON_TYPES or media.endswith("+json")
+        else:
+            ok = not media or media in CSV_TYPES
+        if not ok:
+            raise FeedError(
+                f"expected {self.target.format.upper()}, got content type {media!r}",
+                http_status=response.status_code,
+            )
+        charset = "utf-8"
+        for param in header.split(";")[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "charset" and value.strip():
+                charset = value.strip().strip('"').lower()
+        try:
+            info = codecs.lookup(charset)
+        except LookupError:
+            raise FeedError(f"unknown charset {charset!r}") from None
+        if info.name == "utf-8":
+            info = codecs.lookup("utf-8-sig")
+        return info.incrementaldecoder("strict")
+
+    def _take(self, rows: list[Any]) -> None:
+        stager = self.stager
+        now = self.now
+        paths = self.paths
+        for raw in rows:
+            position = stager.records + 1
+            if isinstance(raw, BadRow):
+                stager.add_bad(
+                    Quarantined(
+                        position,
+                        source_id_of(raw.values, paths),
+                        raw.reason,
+                        quarantined_json(raw.values),
+                    )
+                )
+                continue
+            try:
+                stager.add(validate(raw, paths, now))
+            except BadRecord as exc:
+                stager.add_bad(
+                    Quarantined(position, exc.source_id, exc.reason, quarantined_json(raw))
+                )
+        if rows:
+            self._report()
+
+    def _report(self, force: bool = False) -> None:
+        self.progress.records = self.stager.records
+        self.progress.quarantined = self.stager.bad
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._reported >= 0.2:
+            self._reported = now
+            self.on_progress(self.progress)
+
+
+# --- The runner (owns its transactions) -----------------------------------------------------
+
+
+@dataclass
+class _Lease:
+    until: datetime
+    lost: bool = False
+
+
+class FeedRunner:
+    """Runs syncs, by hand or on the clock; each run happens once across all nodes.
+
+    The clock keeps one job per enabled feed at the feed's ``next_run_at``; the rows are
+    the truth, so the jobs are rebuilt at start and re-read every ``feeds_reconcile_seconds``
+    (another node may have changed or run a feed).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        client_factory: Callable[[], FeedClient] | None = None,
+        after_commit: Callable[[], None] | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.policy = FetchPolicy.from_settings(settings)
+        self._client_factory = client_factory or (lambda: FeedClient(self.policy))
+        self._after_commit = after_commit
+        self._sleep = sleep
+        self._clock: Clock | None = None
+        self._running: set[int] = set()
+
+    async def run(
+        self, feed_id: int, *, manual: bool = True, on_progress: ProgressFn | None = None
+    ) -> FeedRun | None:
+        """One run of one feed; None when it was not this node's to run (scheduled runs).
+
+        By hand (``manual``) the feed runs whether due or enabled, but never twice at
+        once: NotFound for an unknown feed, Busy while another run holds the lease.
+        """
+        s = self.settings
+        now = utc_now()
+        async with self.db.writer.begin() as session:
+            claim = await feed_rules.claim(
+                session, feed_id, now, s.feeds_lease_seconds, due_only=not manual
+            )
+            if claim is None and manual:
+                if await session.get(Feed, feed_id) is None:
+                    raise NotFound(f"no feed {feed_id}")
+                raise Busy(f"feed {feed_id} is being synced right now")
+        if claim is None:
+            return None
+        progress = Progress(claim.target.name)
+        lease = _Lease(claim.lease_until)
+        stager = Stager(s.data_dir / "feeds", s.feeds_batch_size)
+        try:
+            try:
+                fetched = await self._fetch(claim, lease, stager, progress, on_progress)
+            except TimeoutError:
+                raise FeedError(
+                    f"the run took longer than {s.feeds_run_timeout_seconds} s "
+                    "(feeds_run_timeout_seconds)"
+                ) from None
+            if lease.lost:
+                raise LeaseLost
+            if fetched.not_modified:
+                return await self._finish(claim, lease, progress, fetched, None)
+            progress.phase = "apply"
+            if on_progress is not None:
+                on_progress(progress)
+            return await self._finish(claim, lease, progress, fetched, stager)
+        except FeedError as exc:
+            return await self._fail(
+                claim, lease, progress, exc.reason, exc.http_status, exc.retry_after
+            )
+        except LeaseLost:
+            return await self._fail(
+                claim, lease, progress, "another node took the feed over (lease lost)", None, None
+            )
+        except Exception as exc:
+            log.exception("feed %s: run %s failed", claim.target.name, claim.run_id)
+            return await self._fail(claim, lease, progress, f"internal error: {exc!r}", None, None)
+        finally:
+            stager.close()
+
+    async def _fetch(
+        self,
+        claim: Claim,
+        lease: _Lease,
+        stager: Stager,
+        progress: Progress,
+        on_progress: ProgressFn | None,
+    ) -> Fetched:
+        heartbeat = asyncio.ensure_future(self._heartbeat(claim.target.id, lease))
+        client = self._client_factory()
+        try:
+            async with asyncio.timeout(self.settings.feeds_run_timeout_seconds):
+                fetcher = Fetcher(
+                    client,
+                    claim.target,
+                    stager,
+                    claim.started_at,
+                    progress=progress,
+                    on_progress=on_progress,
+                    sleep=self._sleep,
+                )
+                return await fetcher.fetch()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await client.aclose()
+
+    async def _heartbeat(self, feed_id: int, lease: _Lease) -> None:
+        """Renew the lease while the fetch lasts; note when another node has taken it."""
+        seconds = self.settings.feeds_lease_seconds
+        while True:
+            await asyncio.sleep(max(seconds / 3, 0.5))
+            until = utc_now() + timedelta(seconds=seconds)
+            try:
+                async with self.db.writer.begin() as session:
+                    kept = await feed_rules.extend_lease(session, feed_id, lease.until, until)
+            except Exception:
+                log.exception("feed %s: cannot renew the lease", feed_id)
+                continue
+            if not kept:
+                lease.lost = True
+                return
+            lease.until = until
+
+    async def _finish(
+        self,
+        claim: Claim,
+        lease: _Lease,
+        progress: Progress,
+        fetched: Fetched,
+        stager: Stager | None,
+    ) -> FeedRun:
+        target = claim.target
+        digests = 0
+        async with self.db.writer.begin() as session:
+            # First, that the lease is still ours (on PostgreSQL this also locks the row), and
+            # a full lease for the writing.
+            until = utc_now() + timedelta(seconds=self.settings.feeds_lease_seconds)
+            if not await feed_rules.extend_lease(session, target.id, lease.until, until):
+                raise LeaseLost
+            lease.until = until
+            counts = Counts()
+            if stager is not None:
+                counts = await apply_staged(
+                    session,
+                    target,
+                    claim.run_id,
+                    stager,
+                    claim.started_at,
+                    quarantine_limit=self.settings.feeds_quarantine_limit,
+                )
+            finished = utc_now()
+            run = await session.get(FeedRun, claim.run_id)
+            assert run is not None
+            run.outcome = "not_modified" if fetched.not_modified else "success"
+            run.http_status = fetched.http_status
+            run.new, run.updated, run.unchanged = counts.new, counts.updated, counts.unchanged
+            run.withdrawn, run.quarantined = counts.withdrawn, counts.quarantined
+            run.error = counts.note
+            run.finished_at = finished
+            run.duration_ms = int(progress.seconds * 1000)
+            validators = None if fetched.not_modified else (fetched.etag, fetched.last_modified)
+            await feed_rules.release(
+                session, target.id, lease.until, finished, validators=validators
+            )
+            await prune_runs(session, target.id, self.settings.feeds_keep_runs)
+            if counts.changed:
+                digests = await enqueue_digest(
+                    session, target, run, counts, self.settings.public_base_url
+                )
+        if digests and self._after_commit is not None:
+            self._after_commit()
+        metrics.feed_runs.inc(outcome=run.outcome)
+        return run
+
+    async def _fail(
+        self,
+        claim: Claim,
+        lease: _Lease,
+        progress: Progress,
+        reason: str,
+        http_status: int | None,
+        retry_after: float | None,
+    ) -> FeedRun:
+        log.warning("feed %s: run %s failed: %s", claim.target.name, claim.run_id, reason)
+        async with self.db.writer.begin() as session:
+            finished = utc_now()
+            run = await session.get(FeedRun, claim.run_id)
+            assert run is not None
+            run.outcome = "failed"
+            run.error = reason[:_MAX_ERROR]
+            run.http_status = http_status
+            run.finished_at = finished
+            run.duration_ms = int(progress.seconds * 1000)
+            not_before = finished + timedelta(seconds=retry_after) if retry_after else None
+            await feed_rules.release(
+                session, claim.target.id, lease.until, finished, not_before=not_before
+            )
+            await prune_runs(session, claim.target.id, self.settings.feeds_keep_runs)
+        metrics.feed_runs.inc(outcome=run.outcome)
+        return run
+
+    # --- On the clock ---------------------------------------------------------------------
+
+    def schedule(self, clock: Clock) -> None:
+        """Rebuild the feeds' jobs from the rows now, and again every reconcile interval."""
+        self._clock = clock
+        clock.scheduler.add_job(
+            self.reconcile,
+            "interval",
+            seconds=self.settings.feeds_reconcile_seconds,
+            id="feeds-reconcile",
+            replace_existing=True,
+            next_run_time=utc_now(),
+        )
+
+    async def reconcile(self) -> None:
+        """One job per enabled feed, at its next_run_at; no job for any other feed."""
+        if self._clock is None:
+            return
+        async with self.db.reader() as session:
+            rows = (
+                await session.execute(
+                    select(Feed.id, Feed.enabled, Feed.next_run_at, Feed.lease_until)
+                )
+            ).all()
+        wanted = {f"feed-{r.id}": r for r in rows if r.enabled and r.next_run_at is not None}
+        scheduler = self._clock.scheduler
+        for job in scheduler.get_jobs():
+            if str(job.id).startswith("feed-") and job.id not in wanted:
+                job.remove()
+        now = utc_now()
+        for row in wanted.values():
+            self._plan(row.id, _due_time(row.next_run_at, row.lease_until, now))
+
+    async def feed_changed(self, feed_id: int) -> None:
+        """Re-plan one feed's job after a change committed on this node."""
+        if self._clock is None:
+            return
+        async with self.db.reader() as session:
+            row = (
+                await session.execute(
+                    select(Feed.enabled, Feed.next_run_at, Feed.lease_until).where(
+                        Feed.id == feed_id
+                    )
+                )
+            ).first()
+        job_id = f"feed-{feed_id}"
+        if row is None or not row.enabled or row.next_run_at is None:
+            if self._clock.scheduler.get_job(job_id) is not None:
+                self._clock.scheduler.remove_job(job_id)
+            return
+        self._plan(feed_id, _due_time(row.next_run_at, row.lease_until, utc_now()))
+
+    def _plan(self, feed_id: int, when: datetime) -> None:
+        if self._clock is None or feed_id in self._running:
+            return
+        scheduler = self._clock.scheduler
+        job_id = f"feed-{feed_id}"
+        job = scheduler.get_job(job_id)
+        if job is not None and job.next_run_time == when:
+            return
+        scheduler.add_job(
+            self._due, "date", run_date=when, args=[feed_id], id=job_id, replace_existing=True
+        )
+
+    async def _due(self, feed_id: int) -> None:
+        self._running.add(feed_id)
+        try:
+            await self.run(feed_id, manual=False)
+        except Exception:
+            log.exception("feed %s: scheduled run failed", feed_id)
+        finally:
+            self._running.discard(feed_id)
+        try:
+            await self.feed_changed(feed_id)
+        except Exception:
+            log.exception("feed %s: cannot plan the next run", feed_id)
+
+
+def _due_time(next_run_at: datetime, lease_until: datetime | None, now: datetime) -> datetime:
+    """When to try: the next run time, or when another node's lease ends if it is running."""
+    when = next_run_at
+    if lease_until is not None and lease_until > now and when <= lease_until:
+        when = lease_until + timedelta(seconds=1)
+    return max(when, now)

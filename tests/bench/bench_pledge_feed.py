@@ -1,0 +1,314 @@
+"""Pledge feed ingest against a local feed server, with the plain download as the floor.
+
+The feed server (tests/feed_server.py) runs in its own process on 127.0.0.1 and serves the
+same generated pledges as paged JSON (pages of 1,000 with a ``next`` link), as one JSON
+document and as CSV. For each, the floor is the same feed merely downloaded and parsed with
+httpx in this run (``response.json()``, or ``csv.DictReader``); the ingest is a real sync
+(FeedRunner: validation, scratch file, one write transaction) into a fresh database.
+
+Goals (printed, never asserted): ingest >= 0.5x the floor's records/s, peak RSS < 200 MB,
+an unchanged re-sync <= 1 s through 304. Then the dashboard queries on those pledges.
+
+    .venv/bin/python tests/bench/bench_pledge_feed.py [--records 100000] [--page-size 1000]
+        [--database sqlite|postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sqlalchemy import select
+
+from scheduler import feeds
+from scheduler import pledges as dashboards
+from scheduler.database import Database, open_database
+from scheduler.feeds import FeedCreate
+from scheduler.models import Process, utc_now
+from scheduler.pledge_feed import FeedRunner, Progress
+from scheduler.schema import migrate
+from scheduler.settings import Settings
+from tests.live_server import fresh_database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def start_server(records: int, page_size: int) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "feed_server.py"),
+            "--records",
+            str(records),
+            "--page-size",
+            str(page_size),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def floor_paged(base: str) -> int:
+    async with httpx.AsyncClient(trust_env=False, timeout=120) as client:
+        url: str | None = f"{base}/pledges.json"
+        count = 0
+        while url:
+            data = (await client.get(url)).json()
+            count += len(data["items"])
+            url = data["next"]
+        return count
+
+
+async def floor_document(base: str) -> int:
+    async with httpx.AsyncClient(trust_env=False, timeout=120) as client:
+        return len((await client.get(f"{base}/all.json")).json()["items"])
+
+
+async def floor_csv(base: str) -> int:
+    async with httpx.AsyncClient(trust_env=False, timeout=120) as client:
+        text = (await client.get(f"{base}/pledges.csv")).text
+        return sum(1 for _ in csv.DictReader(io.StringIO(text)))
+
+
+async def best_of(rounds: int, fn: Callable[[], Awaitable[int]]) -> tuple[int, float]:
+    best = float("inf")
+    count = 0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        count = await fn()
+        best = min(best, time.perf_counter() - started)
+    return count, best
+
+
+def measure_floors(base: str) -> dict[str, tuple[int, float]]:
+    """In a child process, so that its whole documents in memory do not count in our RSS."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--floors", base], capture_output=True, text=True, check=True
+    ).stdout
+    floors = {}
+    for line in out.splitlines():
+        slug, count, seconds, rss = line.split()
+        floors[slug] = (int(count), float(seconds))
+        print(f"floor {slug:<14} {int(count):,} records in {float(seconds):.2f} s ({rss} MB RSS)")
+    return floors
+
+
+async def floors_here(base: str) -> None:
+    for fn in (floor_paged, floor_document, floor_csv):
+        await fn(base)  # warm the server's page cache
+    for slug, fn in (
+        ("json-paged", floor_paged),
+        ("json-document", floor_document),
+        ("csv", floor_csv),
+    ):
+        count, seconds = await best_of(3, lambda fn=fn: fn(base))  # type: ignore[misc]
+        print(slug, count, f"{seconds:.4f}", f"{peak_rss_mb():.0f}", flush=True)
+
+
+async def add_feed(db: Database, slug: str, url: str, fmt: str) -> int:
+    async with db.writer.begin() as session:
+        process = Process(slug=slug, name=f"Bench {slug}", time_zone="UTC", languages=["en"])
+        session.add(process)
+        await session.flush()
+        data = FeedCreate(
+            process_id=process.id,
+            name=slug,
+            url=url,
+            format=fmt,  # type: ignore[arg-type]
+            interval_seconds=86400,
+        )
+        feed = await feeds.create_feed(session, data, frozenset({"127.0.0.1"}), 60, utc_now())
+        return feed.id
+
+
+class Phases:
+    """When the fetch ended and the write transaction began (from the progress callback)."""
+
+    def __init__(self) -> None:
+        self.apply_started: float | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.phase == "apply" and self.apply_started is None:
+            self.apply_started = time.perf_counter()
+
+
+async def ingest(db: Database, settings: Settings, feed_id: int) -> tuple[Any, float, float | None]:
+    phases = Phases()
+    started = time.perf_counter()
+    run = await FeedRunner(db, settings).run(feed_id, on_progress=phases)
+    elapsed = time.perf_counter() - started
+    assert run is not None and run.outcome in ("success", "not_modified"), run and run.error
+    applying = time.perf_counter() - phases.apply_started if phases.apply_started else None
+    return run, elapsed, applying
+
+
+async def timed(label: str, fn: Callable[[], Awaitable[Any]], rounds: int = 3) -> None:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await fn()
+        best = min(best, time.perf_counter() - started)
+    print(f"  {label:<44} {best * 1000:8.1f} ms")
+
+
+async def dashboards_on(db: Database, process_id: int) -> None:
+    flt = dashboards.PledgeFilter(process_id=process_id)
+
+    async def stats() -> None:
+        async with db.reader() as session:
+            await dashboards.stats(session, flt)
+
+    async def stats_drilled() -> None:
+        async with db.reader() as session:
+            await dashboards.stats(
+                session,
+                dashboards.PledgeFilter(process_id=process_id, region="Africa", objective=5),
+            )
+
+    async def first_page() -> None:
+        async with db.reader() as session:
+            await dashboards.count(session, flt)
+            list(await session.scalars(dashboards.list_query(flt).limit(100)))
+
+    async def text_search() -> None:
+        text_flt = dashboards.PledgeFilter(process_id=process_id, text="pledger 99")
+        async with db.reader() as session:
+            await dashboards.count(session, text_flt)
+            list(await session.scalars(dashboards.list_query(text_flt).limit(100)))
+
+    async def export() -> None:
+        async with db.reader() as session:
+            result = await session.stream(
+                dashboards.csv_query(flt).execution_options(yield_per=1000)
+            )
+            out = io.StringIO()
+            writer = csv.writer(out)
+            async for batch in result.partitions(1000):
+                writer.writerows(dashboards.csv_cells(row) for row in batch)
+                out.seek(0)
+                out.truncate()
+
+    await timed("stats (every dimension, over time)", stats)
+    await timed("stats, drilled (region + objective)", stats_drilled)
+    await timed("list: first 100 + total", first_page)
+    await timed("list: text search + total", text_search)
+    await timed("CSV export of every pledge", export, rounds=1)
+
+
+def main(records: int, page_size: int, database: str, data_dir: Path) -> None:
+    server, base = start_server(records, page_size)
+    try:
+        print(f"feed server {base}: {records:,} pledges, JSON pages of {page_size:,}")
+        floors = measure_floors(base)
+        print(f"peak RSS before the ingests: {peak_rss_mb():.0f} MB")
+        with fresh_database(database, data_dir) as url:
+            asyncio.run(ingests(url, base, records, floors, database, data_dir))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+async def ingests(
+    url: str,
+    base: str,
+    records: int,
+    floors: dict[str, tuple[int, float]],
+    database: str,
+    data_dir: Path,
+) -> None:
+    settings = Settings().replace(
+        database_url=url,
+        data_dir=data_dir,
+        feeds_allowed_hosts="127.0.0.1",
+        mail_enabled=False,
+    )
+    db = open_database(settings)
+    try:
+        await migrate(db.writer_engine)
+        targets = {
+            "json-paged": ("/pledges.json", "json"),
+            "json-document": ("/all.json", "json"),
+            "csv": ("/pledges.csv", "csv"),
+        }
+        feed_ids = {}
+        for slug, (path, fmt) in targets.items():
+            feed_ids[slug] = await add_feed(db, slug, base + path, fmt)
+        print(f"\ningest into {database} ({'one writer' if db.is_sqlite else 'pool'}):")
+        print(
+            f"  {'feed':<14} {'floor rec/s':>12} {'ingest rec/s':>13} {'ratio':>6} "
+            f"{'ingest s':>9} {'of which writing':>17}"
+        )
+        runs = {}
+        for slug, feed_id in feed_ids.items():
+            count, floor_s = floors[slug]
+            run, elapsed, applying = await ingest(db, settings, feed_id)
+            assert run.new == count == records, (run.new, count)
+            runs[slug] = run
+            floor_rate = count / floor_s
+            rate = run.new / elapsed
+            print(
+                f"  {slug:<14} {floor_rate:12,.0f} {rate:13,.0f} {rate / floor_rate:5.2f}x "
+                f"{elapsed:8.2f}s {applying or 0:16.2f}s"
+            )
+        print(f"peak RSS after the ingests: {peak_rss_mb():.0f} MB")
+        print("\nunchanged re-sync:")
+        for slug, feed_id in feed_ids.items():
+            run, elapsed, _ = await ingest(db, settings, feed_id)
+            how = (
+                "304 Not Modified"
+                if run.outcome == "not_modified"
+                else f"200, {run.unchanged:,} unchanged (paged: no validators kept)"
+            )
+            print(f"  {slug:<14} {elapsed * 1000:8.0f} ms  {how}")
+        print(f"peak RSS at the end of the syncs: {peak_rss_mb():.0f} MB")
+        async with db.reader() as session:
+            process_id = await session.scalar(
+                select(Process.id).where(Process.slug == "json-paged")
+            )
+        assert process_id is not None
+        note = ""
+        if not db.is_sqlite:
+            # What autovacuum leaves a minute later: index-only scans need the visibility map.
+            async with db.writer_engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql("VACUUM (ANALYZE) pledges, pledge_objectives")
+            note = " (after VACUUM ANALYZE, as autovacuum leaves them)"
+        print(f"\ndashboards on {records:,} pledges of one process{note}:")
+        await dashboards_on(db, process_id)
+    finally:
+        await db.dispose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--floors", metavar="BASE_URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.floors:
+        asyncio.run(floors_here(args.floors))
+        sys.exit(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        main(args.records, args.page_size, args.database, Path(tmp))

@@ -1,0 +1,454 @@
+"""Pledge records and feed rules without a network or a database.
+
+The canonical record's validation, the incremental JSON and CSV readers (fed in every
+possible split, so a chunk boundary never changes the result), the scratch file, the URL
+allow-list and redirect rule, schedules, and retry timing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+import httpx
+import pytest
+
+from scheduler import feeds
+from scheduler.errors import Invalid
+from scheduler.pledge_feed import (
+    BadRow,
+    CsvReader,
+    FeedClient,
+    FeedError,
+    FetchPolicy,
+    JsonPageReader,
+    MalformedBody,
+    retry_after_seconds,
+    retry_delay,
+)
+from scheduler.pledge_writes import Quarantined, Stager, quarantined_json
+from scheduler.pledges import (
+    BadRecord,
+    PledgeRecord,
+    check_field_map,
+    content_hash,
+    csv_cells,
+    field_paths,
+    source_id_of,
+    validate_record,
+)
+from tests.feed_server import csv_body, pledge
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+PATHS = field_paths({}, nested=True)
+
+
+def valid(raw: dict[str, Any], paths: Any = PATHS) -> PledgeRecord:
+    return validate_record(raw, paths, NOW)
+
+
+def refused(raw: Any, paths: Any = PATHS) -> BadRecord:
+    with pytest.raises(BadRecord) as caught:
+        validate_record(raw, paths, NOW)
+    return caught.value
+
+
+# --- The canonical record -----------------------------------------------------------------
+
+
+def test_a_full_record_becomes_canonical() -> None:
+    r = valid(pledge(9))
+    assert r.source_id == "P-000009"
+    assert r.pledger_type == "stakeholder" and r.country is None
+    assert r.pledge_type == "matching" and r.matches_source_id == "P-000008"
+    assert r.objectives == sorted({1 + 9 % 23, 1 + 63 % 23})
+    assert r.submitted_at == datetime(2023, 10, 10, 10, 0, tzinfo=UTC)
+    assert r.source_updated_at == datetime(2026, 1, 15, 7, 30, tzinfo=UTC)
+    assert r.source_url == "https://pledges.example.org/p/9"
+    assert len(r.content_hash) == 64
+
+
+def test_member_states_need_a_country_and_codes_are_iso_alpha3() -> None:
+    assert valid(pledge(0)).country == "KEN"
+    assert valid(pledge(0, country="ken")).country == "KEN"
+    assert valid(pledge(0, country="KE")).country == "KEN"  # alpha-2 is converted
+    assert "country" in refused(pledge(0, country="")).reason
+    assert "alpha-3" in refused(pledge(0, country="XYZ")).reason
+    assert valid(pledge(1, country="MEX")).country == "MEX"  # a stakeholder may name one
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"id": ""}, "id"),
+        ({"id": None}, "id"),
+        ({"id": True}, "id"),
+        ({"id": "x" * 201}, "id"),
+        ({"title": "  "}, "title"),
+        ({"title": "t" * 501}, "title"),
+        ({"pledger_name": None}, "pledger_name"),
+        ({"pledger_type": "alien"}, "pledger_type"),
+        ({"pledger_type": 3}, "pledger_type"),
+        ({"pledge_type": "huge"}, "pledge_type"),
+        ({"form": "in kind"}, "form"),
+        ({"objectives": [0]}, "objectives"),
+        ({"objectives": [24]}, "objectives"),
+        ({"objectives": "1;x"}, "objectives"),
+        ({"objectives": [True]}, "objectives"),
+        ({"objectives": {"a": 1}}, "objectives"),
+        ({"submitted_at": "yesterday"}, "submitted_at"),
+        ({"submitted_at": "2026-05-01T10:00:00"}, "submitted_at"),  # no offset: refused
+        ({"submitted_at": "2027-01-01"}, "submitted_at"),  # the future
+        ({"updated_at": "1850-01-01"}, "updated_at"),
+        ({"url": "javascript:alert(1)"}, "url"),
+        ({"region": ["Africa"]}, "region"),
+    ],
+)
+def test_each_bad_field_is_named(changes: dict[str, Any], field: str) -> None:
+    bad = refused(pledge(3, **changes))
+    assert bad.reason.startswith(f"{field}:"), bad.reason
+
+
+def test_matching_pledges_name_the_pledge_they_match() -> None:
+    assert "matches" in refused(pledge(9, matches="")).reason
+    assert "only a matching" in refused(pledge(3, matches="P-000001")).reason
+    assert "itself" in refused(pledge(9, matches="P-000009")).reason
+
+
+def test_spellings_of_closed_vocabularies_are_normalised() -> None:
+    r = valid(pledge(1, pledger_type="UN System", form="Human Resources", status=" Fulfilled "))
+    assert (r.pledger_type, r.form, r.status) == ("un_system", "human_resource", "fulfilled")
+    assert valid(pledge(0, pledger_type="Member-State")).pledger_type == "member_state"
+
+
+def test_objectives_from_lists_and_text() -> None:
+    assert valid(pledge(1, objectives="23; 1,5 | 5")).objectives == [1, 5, 23]
+    assert valid(pledge(1, objectives=["7", 2])).objectives == [2, 7]
+    assert valid(pledge(1, objectives=4)).objectives == [4]
+    assert valid(pledge(1, objectives="")).objectives == []
+
+
+def test_dates_and_numeric_ids() -> None:
+    r = valid(pledge(1, id=42, submitted_at="2024-02-29", updated_at="2026-06-02T11:00:00Z"))
+    assert r.source_id == "42"
+    assert r.submitted_at == datetime(2024, 2, 29, tzinfo=UTC)
+    assert r.source_updated_at is not None  # within a day of now: a clock a little ahead
+
+
+def test_a_record_must_be_an_object_and_the_id_survives_a_refusal() -> None:
+    assert "object" in refused(["P-1"]).reason
+    bad = refused(pledge(3, form="nope"))
+    assert bad.source_id == "P-000003"
+    assert source_id_of(pledge(3), PATHS) == "P-000003"
+    assert source_id_of({"title": "x"}, PATHS) == ""
+
+
+def test_the_field_map_reads_other_names_and_nested_objects() -> None:
+    raw = {
+        "pledgeId": "G-1",
+        "name": "Skills partnerships",
+        "pledger": {"name": "Kenya", "kind": "Member State", "iso": "KEN"},
+        "type": "single",
+        "form": "policy",
+        "gcmObjectives": [5, 18],
+    }
+    mapping = check_field_map(
+        {
+            "source_id": "pledgeId",
+            "title": "name",
+            "pledger_name": "pledger.name",
+            "pledger_type": "pledger.kind",
+            "country": "pledger.iso",
+            "pledge_type": "type",
+            "objectives": "gcmObjectives",
+        }
+    )
+    r = valid(raw, field_paths(mapping, nested=True))
+    assert (r.source_id, r.pledger_name, r.pledger_type, r.country) == (
+        "G-1",
+        "Kenya",
+        "member_state",
+        "KEN",
+    )
+    assert r.objectives == [5, 18]
+    # In CSV a dot is part of a column name.
+    flat = field_paths({"pledger_name": "pledger.name"}, nested=False)
+    assert flat["pledger_name"] == ("pledger.name",)
+
+
+def test_field_map_entries_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown field"):
+        check_field_map({"budget": "amount"})
+    with pytest.raises(ValueError, match="title"):
+        check_field_map({"title": ""})
+
+
+def test_the_hash_changes_with_content_only() -> None:
+    a, b = valid(pledge(5)), valid(pledge(5))
+    assert a.content_hash == b.content_hash == content_hash(a)
+    assert valid(pledge(5, title="Another")).content_hash != a.content_hash
+    assert (
+        valid(pledge(5, objectives=[2, 1])).content_hash
+        == valid(pledge(5, objectives=[1, 2])).content_hash
+    )
+
+
+def test_csv_cells_cannot_become_formulas() -> None:
+    assert csv_cells(["=HYPERLINK(1)", "+1", "-2", "@x", "ok", None, [1, 5]]) == [
+        "'=HYPERLINK(1)",
+        "'+1",
+        "'-2",
+        "'@x",
+        "ok",
+        "",
+        "1;5",
+    ]
+
+
+# --- The JSON reader ----------------------------------------------------------------------
+
+
+def read_json(
+    text: str, splits: list[int] | None = None, max_chars: int = 1_000_000
+) -> tuple[list[Any], JsonPageReader]:
+    reader = JsonPageReader(max_chars)
+    out: list[Any] = []
+    cuts = [0, *(splits or []), len(text)]
+    for start, end in pairwise(cuts):
+        out += reader.feed(text[start:end])
+    out += reader.close()
+    return out, reader
+
+
+PAGE = json.dumps(
+    {
+        "page": 2,
+        "total_pages": 3,
+        "items": [
+            pledge(1),
+            {"id": "é-2", "title": 'a "quoted" ] } title', "n": 1.5e3},
+            [1, 2],
+            "x",
+        ],
+        "next": "/feed?page=3",
+        "count": 12345,
+    },
+    ensure_ascii=False,
+)
+
+
+def test_every_split_of_a_page_gives_the_same_records() -> None:
+    expected = json.loads(PAGE)
+    for cut in range(1, len(PAGE)):
+        items, reader = read_json(PAGE, [cut])
+        assert items == expected["items"], cut
+        assert reader.meta["count"] == 12345 and reader.meta["next"] == "/feed?page=3", cut
+    items, _ = read_json(PAGE, list(range(1, len(PAGE))))  # one character at a time
+    assert items == expected["items"]
+
+
+def test_pages_link_to_the_next_by_url_or_by_number() -> None:
+    here = httpx.URL("http://127.0.0.1:9/api/pledges?page=2&size=5")
+    _, reader = read_json(PAGE)
+    assert reader.next_url(here) == "http://127.0.0.1:9/feed?page=3"
+    _, reader = read_json('{"data": [], "page": 2, "total_pages": 3}')
+    assert reader.next_url(here) == "http://127.0.0.1:9/api/pledges?page=3&size=5"
+    _, reader = read_json('{"data": [], "page": 3, "total_pages": 3}')
+    assert reader.next_url(here) is None
+    _, reader = read_json('{"items": [], "links": {"next": "https://127.0.0.1:9/p2"}}')
+    assert reader.next_url(here) == "https://127.0.0.1:9/p2"
+    _, reader = read_json('{"items": [], "next": null, "page": 1, "pages": 9}')
+    assert reader.next_url(here) is None
+    items, reader = read_json(' \ufeff[{"id": 1}]\n')
+    assert items == [{"id": 1}] and reader.next_url(here) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"items": [{"id": 1}, {"id": 2}', "ends early"),
+        ('{"items": [{"id": 1} {"id": 2}]}', "expected ','"),
+        ('{"items": [{"id": 1}]} extra', "after the end"),
+        ('{"records": [}', "Expecting value"),
+        ('{"count": 3}', "no list of records"),
+        ("<html>oops</html>", "expected a JSON object"),
+        ('{"items": [{"id": "' + "x" * 5000 + '"}]}', "longer than"),
+        ('{"items": [{"id": 1, "title": "x"} ,, ]}' + " " * 200, "Expecting value"),
+        ("", "ends early"),
+    ],
+)
+def test_malformed_pages_are_refused_with_the_place(text: str, reason: str) -> None:
+    with pytest.raises(MalformedBody, match=reason):
+        read_json(text, max_chars=1000)
+
+
+def test_a_malformed_record_far_from_the_end_is_caught_without_reading_on() -> None:
+    reader = JsonPageReader()
+    with pytest.raises(MalformedBody, match="Expecting"):
+        reader.feed('{"items": [{"id": 1, "title": nope}, ' + " " * 500)
+
+
+# --- The CSV reader -----------------------------------------------------------------------
+
+
+def read_csv(text: str, splits: list[int] | None = None) -> list[Any]:
+    reader = CsvReader()
+    out: list[Any] = []
+    cuts = [0, *(splits or []), len(text)]
+    for start, end in pairwise(cuts):
+        out += reader.feed(text[start:end])
+    return out + reader.close()
+
+
+CSV_TEXT = 'id,title,note\r\n1,"Plain",a\r\n2,"Two\r\nlines, and ""quotes""",b\r\n3,Last,"x"'
+
+
+def test_every_split_of_a_csv_body_gives_the_same_rows() -> None:
+    expected = [
+        {"id": "1", "title": "Plain", "note": "a"},
+        {"id": "2", "title": 'Two\r\nlines, and "quotes"', "note": "b"},
+        {"id": "3", "title": "Last", "note": "x"},
+    ]
+    for cut in range(1, len(CSV_TEXT)):
+        assert read_csv(CSV_TEXT, [cut]) == expected, cut
+    assert read_csv(CSV_TEXT, list(range(1, len(CSV_TEXT)))) == expected
+
+
+def test_rows_that_do_not_fit_the_header_are_set_aside() -> None:
+    rows = read_csv("id,title\n1,a\n2,b,extra\n\n3\n")
+    assert rows[0] == {"id": "1", "title": "a"}
+    assert isinstance(rows[1], BadRow) and rows[1].reason == "expected 2 fields, got 3"
+    assert isinstance(rows[2], BadRow) and rows[2].values == {"id": "3"}
+
+
+def test_broken_csv_bodies_are_refused() -> None:
+    with pytest.raises(MalformedBody, match="never closed"):
+        read_csv('id,title\n1,"open')
+    with pytest.raises(MalformedBody, match="header"):
+        read_csv("")
+    with pytest.raises(MalformedBody, match="twice"):
+        read_csv("id,id\n1,2\n")
+
+
+def test_the_test_servers_csv_reads_back_as_valid_pledges() -> None:
+    body = csv_body([pledge(i) for i in range(30)]).decode()
+    rows = read_csv(body, [7, 500, 1999])
+    paths = field_paths({}, nested=False)
+    records = [validate_record(r, paths, NOW) for r in rows]
+    assert [r.source_id for r in records] == [f"P-{i:06d}" for i in range(30)]
+    assert records[9].matches_source_id == "P-000008"
+
+
+# --- The scratch file ---------------------------------------------------------------------
+
+
+def test_the_stager_keeps_batches_and_rewinds_a_page(tmp_path: Any) -> None:
+    stager = Stager(tmp_path, batch_size=3)
+    try:
+        for i in range(5):
+            stager.add(valid(pledge(i)))
+        stager.add_bad(Quarantined(6, "", "id: missing", "{}"))
+        mark = stager.mark()
+        for i in range(5, 12):
+            stager.add(valid(pledge(i)))
+        stager.add_bad(Quarantined(13, "P-X", "form: missing", "{}"))
+        assert (stager.good, stager.bad) == (12, 2)
+        stager.rewind(mark)  # the page is fetched again
+        assert (stager.good, stager.bad, stager.bad_without_id) == (5, 1, 1)
+        stager.add(valid(pledge(99)))
+        got = [r.source_id for batch in stager.batches() for r in batch]
+        assert got == [f"P-{i:06d}" for i in (0, 1, 2, 3, 4, 99)]
+        assert [q.reason for items in stager.quarantined() for q in items] == ["id: missing"]
+    finally:
+        stager.close()
+
+
+def test_quarantined_records_are_kept_as_readable_json() -> None:
+    assert json.loads(quarantined_json({"id": 1, "n": float("nan")}))["unreadable"]
+    assert "truncated" in json.loads(quarantined_json({"x": "y" * 20000}))
+    assert json.loads(quarantined_json({"big": 10**30})) == {"big": 10**30}
+
+
+# --- URLs, redirects, schedules, retries ----------------------------------------------------
+
+
+ALLOWED = feeds.parse_hosts(" pledges.example.org, *.un.org ,127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://pledges.example.org/feed.json", True),
+        ("http://127.0.0.1:8080/x", True),
+        ("https://migration.un.org/pledges", True),
+        ("https://un.org/pledges", False),
+        ("https://evil.example.org/", False),
+        ("http://localhost/", False),
+        ("http://2130706433/", False),  # 127.0.0.1 in disguise
+        ("http://[::1]/", False),
+        ("http://169.254.169.254/latest/meta-data", False),
+        ("file:///etc/passwd", False),
+        ("https://user:pw@pledges.example.org/", False),
+        ("not a url", False),
+    ],
+)
+def test_only_allow_listed_hosts_are_fetched(url: str, ok: bool) -> None:
+    if ok:
+        feeds.check_url(url, ALLOWED)
+    else:
+        with pytest.raises(ValueError):
+            feeds.check_url(url, ALLOWED)
+
+
+async def test_redirects_stay_on_the_host_unless_other_hosts_are_allowed() -> None:
+    here = httpx.URL("http://pledges.example.org/feed")
+    strict = FeedClient(FetchPolicy(ALLOWED))
+    lenient = FeedClient(FetchPolicy(ALLOWED, redirect_other_hosts=True))
+    try:
+        assert strict._redirect(here, "/v2/feed") == httpx.URL("http://pledges.example.org/v2/feed")
+        assert strict._redirect(here, "https://pledges.example.org/feed").scheme == "https"
+        with pytest.raises(FeedError, match="another host"):
+            strict._redirect(here, "https://migration.un.org/feed")
+        with pytest.raises(FeedError, match="another host"):
+            strict._redirect(here, "http://pledges.example.org:8443/feed")
+        assert lenient._redirect(here, "https://migration.un.org/feed").host == "migration.un.org"
+        with pytest.raises(FeedError, match="feeds_allowed_hosts"):
+            lenient._redirect(here, "http://169.254.169.254/")
+    finally:
+        await strict.aclose()
+        await lenient.aclose()
+
+
+def test_schedules() -> None:
+    assert feeds.next_run_at(3600, None, NOW) == NOW + timedelta(hours=1)
+    assert feeds.next_run_at(None, "0 */6 * * *", NOW) == datetime(2026, 6, 1, 18, 0, tzinfo=UTC)
+    # Crontab weekdays: 1 is Monday (APScheduler 3 alone would read Tuesday), 0 and 7 Sunday.
+    assert feeds.next_run_at(None, "0 9 * * 0", NOW) == datetime(2026, 6, 7, 9, 0, tzinfo=UTC)
+    assert feeds.next_run_at(None, "0 9 * * 7", NOW) == datetime(2026, 6, 7, 9, 0, tzinfo=UTC)
+    assert feeds.next_run_at(None, "0 9 * * 1-5", NOW) == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+    assert feeds.check_schedule(None, "30 2 * * 1", 300, NOW) == datetime(
+        2026, 6, 8, 2, 30, tzinfo=UTC
+    )
+    for interval, cron, field in (
+        (None, None, "schedule"),
+        (3600, "0 * * * *", "schedule"),
+        (60, None, "interval_seconds"),
+        (None, "* * * * *", "cron"),
+        (None, "every day", "cron"),
+        (None, "0 0 31 2 *", "cron"),
+    ):
+        with pytest.raises(Invalid) as caught:
+            feeds.check_schedule(interval, cron, 300, NOW)
+        assert caught.value.field == field, (interval, cron)
+
+
+def test_retry_timing() -> None:
+    assert [retry_delay(n, 0.5) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert retry_delay(30, 1.0) == 60.0
+    assert retry_after_seconds("7", NOW) == 7.0
+    assert retry_after_seconds("Mon, 01 Jun 2026 12:00:30 GMT", NOW) == 30.0
+    assert retry_after_seconds("Mon, 01 Jun 2026 11:00:00 GMT", NOW) == 0.0
+    assert retry_after_seconds("soon", NOW) is None
+    assert retry_after_seconds(None, NOW) is None
