@@ -22,13 +22,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from scheduler.i18n import date_text
 from tests.live_server import LiveServer, cli, fresh_database, server_env
 from tests.mail_server import MailServer, start_server
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytest.importorskip("axe_playwright_python")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -45,7 +43,11 @@ AXE = (files("axe_playwright_python") / "axe.min.js").read_text(encoding="utf-8"
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 FORUM_IN_DAYS = 45
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+
+@pytest.fixture(autouse=True)
+def _chromium_is_installed() -> None:
+    """A missing browser is a failure, never a skip: `make test` installs it."""
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it"
 
 
 @dataclass
@@ -130,7 +132,7 @@ def _build(base: str, token: str, mail: MailServer) -> Site:
 def browser() -> Iterator[Any]:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
+    with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
