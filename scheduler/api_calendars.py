@@ -7,14 +7,14 @@ from litestar.di import NamedDependency
 from sqlalchemy import select
 
 from scheduler import events as event_svc
-from scheduler.auth import member_of
 from scheduler.calendars import CalendarEntry, build_calendar
 from scheduler.database import Database
 from scheduler.errors import documented
 from scheduler.events import parse_exdates
 from scheduler.fields import PathId
 from scheduler.milestones import visible_clause as milestones_visible
-from scheduler.models import Event, Milestone, Organizer, Process, utc_now
+from scheduler.models import Event, Milestone, Process, utc_now
+from scheduler.permissions import Caller, processes_where
 from scheduler.processes import get_process
 
 ICS = "text/calendar"  # Litestar adds "; charset=utf-8" to text/* types
@@ -79,12 +79,12 @@ class CalendarController(Controller):
     async def process_calendar(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         base_url: NamedDependency[str],
         process_id: PathId,
     ) -> Response[bytes]:
-        visible = await member_of(db, organizer)
         async with db.reader() as session:
+            visible = await processes_where(session, caller)
             process = await get_process(session, process_id)
             events = await session.scalars(
                 select(Event)
@@ -110,12 +110,12 @@ class CalendarController(Controller):
     async def event_calendar(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         base_url: NamedDependency[str],
         event_id: PathId,
     ) -> Response[bytes]:
-        visible = await member_of(db, organizer)
         async with db.reader() as session:
+            visible = await processes_where(session, caller)
             event = await event_svc.get_event(session, event_id, visible)
             process = await session.get(Process, event.process_id)
             assert process is not None

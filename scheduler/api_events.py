@@ -13,15 +13,14 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import events as svc
-from scheduler.auth import member_of, require
 from scheduler.calendar_cache import AnswerCache, calendar_version, etag
 from scheduler.cascades import Move
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
 from scheduler.fields import ID_MAX, AwareDatetime, PathId, check_aware
-from scheduler.models import Event, Milestone, Organizer, utc_now
-from scheduler.organizers import process_ids_of, require_member
+from scheduler.models import Event, Milestone, utc_now
 from scheduler.outbox import OutboxWorker
+from scheduler.permissions import Caller, authenticated, processes_where, require_role
 from scheduler.reminders import earliest_planned
 from scheduler.settings import Settings
 from scheduler.timezones import local_iso
@@ -170,8 +169,8 @@ class EventController(Controller):
     @get(
         "/",
         summary="List events",
-        description="Published, postponed and cancelled events; an organizer also sees the "
-        "drafts of their processes. `from`/`to` keep events (or series) overlapping the window. "
+        description="Published, postponed and cancelled events; members of a process (viewers "
+        "too) also see its drafts. `from`/`to` keep events (or series) overlapping the window. "
         "Public answers carry an ETag; send it back in If-None-Match to get 304 while nothing "
         "changed.",
         responses={
@@ -183,7 +182,7 @@ class EventController(Controller):
         self,
         request: Request[Any, Any, Any],
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         answer_cache: NamedDependency[AnswerCache],
         process_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
         kind: FromQuery[svc.EventKind | None] = None,
@@ -198,9 +197,9 @@ class EventController(Controller):
         if from_ is not None and to is not None and to <= from_:
             raise Invalid("to", "must be after from")
         flt = svc.EventFilter(process_id, kind, status, from_, to, limit, offset)
-        visible = await member_of(db, organizer)
         async with db.reader() as session:
-            if organizer is not None:
+            if caller is not None:
+                visible = await processes_where(session, caller)
                 rows = await session.scalars(svc.list_query(flt, visible))
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
                 return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
@@ -211,7 +210,7 @@ class EventController(Controller):
                 return Response(b"", status_code=304, headers={"ETag": tag})
             body = answer_cache.get(version, flt)
             if body is None:
-                rows = await session.scalars(svc.list_query(flt, visible))
+                rows = await session.scalars(svc.list_query(flt, set()))
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
                 body = msgspec.json.encode(page)
                 answer_cache.put(version, flt, body)
@@ -221,11 +220,11 @@ class EventController(Controller):
     async def get_event(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
     ) -> EventOut:
-        visible = await member_of(db, organizer)
         async with db.reader() as session:
+            visible = await processes_where(session, caller)
             return event_out(await svc.get_event(session, event_id, visible))
 
     @post(
@@ -238,13 +237,13 @@ class EventController(Controller):
     async def create_event(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         data: JSONBody[svc.EventCreate],
     ) -> EventOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
-            await require_member(session, who, data.process_id)
+            await require_role(session, who, data.process_id, "organizer")
             out = event_out(await svc.create_event(session, data, utc_now()))
         worker.arm(earliest_planned(session))
         return out
@@ -259,16 +258,16 @@ class EventController(Controller):
     async def update_event(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         settings: NamedDependency[Settings],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         data: JSONBody[svc.EventPatch],
     ) -> EventChange:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
-            event = await svc.get_event(session, event_id, await process_ids_of(session, who.id))
-            await require_member(session, who, event.process_id)
+            event = await svc.get_event(session, event_id, await processes_where(session, who))
+            await require_role(session, who, event.process_id, "organizer")
             hold = timedelta(minutes=settings.registration_hold_minutes)
             moves = await svc.update_event(session, event, data, utc_now(), hold)
             change = EventChange(event=event_out(event), moved=await moves_out(session, moves))
@@ -288,16 +287,16 @@ class EventController(Controller):
     async def move_event(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         data: JSONBody[MoveRequest],
     ) -> MoveResult:
-        who = require(organizer)
+        who = authenticated(caller)
         now = utc_now()
         async with db.writer.begin() as session:
-            event = await svc.get_event(session, event_id, await process_ids_of(session, who.id))
-            await require_member(session, who, event.process_id)
+            event = await svc.get_event(session, event_id, await processes_where(session, who))
+            await require_role(session, who, event.process_id, "organizer")
             old_times = (event.starts_at, event.ends_at)
             moves = await svc.move_event(
                 session, event, data.start, data.end, now, pin=data.pin, preview=data.preview
@@ -317,11 +316,11 @@ class EventController(Controller):
     async def delete_event(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
     ) -> None:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
-            event = await svc.get_event(session, event_id, await process_ids_of(session, who.id))
-            await require_member(session, who, event.process_id)
+            event = await svc.get_event(session, event_id, await processes_where(session, who))
+            await require_role(session, who, event.process_id, "organizer")
             await svc.delete_event(session, event)

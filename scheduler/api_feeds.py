@@ -1,6 +1,7 @@
 """HTTP routes for pledge feeds: register, change, sync by hand, runs and quarantine.
 
-Organizers only, and only the feeds of their own processes (others' feeds answer 404). The
+Members only, and only the feeds of their own processes (others' feeds answer 404): any
+member (viewers too) reads them, organizers and owners change and sync them. The
 auth header is write-only: answers give its name and whether one is set, never its value.
 """
 
@@ -16,11 +17,10 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy import func, select
 
 from scheduler import feeds as svc
-from scheduler.auth import require
 from scheduler.database import Database
 from scheduler.errors import Conflict, documented
-from scheduler.models import Feed, FeedRun, Organizer, QuarantinedRecord, utc_now
-from scheduler.organizers import process_ids_of, require_member
+from scheduler.models import Feed, FeedRun, QuarantinedRecord, utc_now
+from scheduler.permissions import Caller, authenticated, processes_where, require_role
 from scheduler.pledge_feed import FeedRunner
 from scheduler.settings import Settings
 
@@ -129,19 +129,19 @@ class FeedController(Controller):
 
     @get(
         "/",
-        summary="List pledge feeds (organizers)",
+        summary="List pledge feeds (members)",
         description="The feeds of the requester's processes, with each one's last run.",
         responses=documented(401),
     )
     async def list_feeds(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         process_id: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> list[FeedOut]:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            mine = await process_ids_of(session, who.id)
+            mine = await processes_where(session, who)
             if process_id is not None:
                 mine &= {process_id}
             rows = await svc.list_feeds(session, mine)
@@ -163,15 +163,15 @@ class FeedController(Controller):
     async def create_feed(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         settings: NamedDependency[Settings],
         feed_runner: NamedDependency[FeedRunner],
         data: JSONBody[svc.FeedCreate],
     ) -> FeedOut:
-        who = require(organizer)
+        who = authenticated(caller)
         now = utc_now()
         async with db.writer.begin() as session:
-            await require_member(session, who, data.process_id)
+            await require_role(session, who, data.process_id, "organizer")
             feed = await svc.create_feed(
                 session,
                 data,
@@ -183,16 +183,16 @@ class FeedController(Controller):
         await feed_runner.feed_changed(out.id)
         return out
 
-    @get("/{feed_id:int}", summary="Read one feed (organizers)", responses=documented(401, 404))
+    @get("/{feed_id:int}", summary="Read one feed (members)", responses=documented(401, 404))
     async def get_feed(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         feed_id: FromPath[int],
     ) -> FeedOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            feed = await svc.get_feed(session, feed_id, await process_ids_of(session, who.id))
+            feed = await svc.get_feed(session, feed_id, await processes_where(session, who))
             last = await _last_runs(session, [feed.id])
             return feed_out(feed, last.get(feed.id), utc_now())
 
@@ -202,21 +202,22 @@ class FeedController(Controller):
         description="Only the fields sent change; `auth_header: null` removes the header. A "
         "new URL, format or field map forgets the stored ETag, so the next run reads "
         "everything.",
-        responses=documented(400, 401, 404, 409, 413),
+        responses=documented(400, 401, 403, 404, 409, 413),
     )
     async def update_feed(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         settings: NamedDependency[Settings],
         feed_runner: NamedDependency[FeedRunner],
         feed_id: FromPath[int],
         data: JSONBody[svc.FeedPatch],
     ) -> FeedOut:
-        who = require(organizer)
+        who = authenticated(caller)
         now = utc_now()
         async with db.writer.begin() as session:
-            feed = await svc.get_feed(session, feed_id, await process_ids_of(session, who.id))
+            feed = await svc.get_feed(session, feed_id, await processes_where(session, who))
+            await require_role(session, who, feed.process_id, "organizer")
             await svc.update_feed(
                 session,
                 feed,
@@ -234,18 +235,19 @@ class FeedController(Controller):
         "/{feed_id:int}",
         summary="Delete a feed and its pledges (organizers)",
         description="Its runs and pledges go too; to keep the pledges, disable the feed.",
-        responses=documented(401, 404),
+        responses=documented(401, 403, 404),
     )
     async def delete_feed(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         feed_runner: NamedDependency[FeedRunner],
         feed_id: FromPath[int],
     ) -> None:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
-            feed = await svc.get_feed(session, feed_id, await process_ids_of(session, who.id))
+            feed = await svc.get_feed(session, feed_id, await processes_where(session, who))
+            await require_role(session, who, feed.process_id, "organizer")
             await svc.delete_feed(session, feed)
         await feed_runner.feed_changed(feed_id)
 
@@ -255,18 +257,19 @@ class FeedController(Controller):
         description="Runs at once, whatever the schedule, and answers with the run (its "
         "outcome may be failed: see `error`). 409 while another run of the feed is going on.",
         status_code=200,
-        responses=documented(401, 404, 409),
+        responses=documented(401, 403, 404, 409),
     )
     async def sync_feed(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         feed_runner: NamedDependency[FeedRunner],
         feed_id: FromPath[int],
     ) -> FeedRunOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            await svc.get_feed(session, feed_id, await process_ids_of(session, who.id))
+            feed = await svc.get_feed(session, feed_id, await processes_where(session, who))
+            await require_role(session, who, feed.process_id, "organizer")
         try:
             run = await feed_runner.run(feed_id, manual=True)
         except svc.Busy:
@@ -277,7 +280,7 @@ class FeedController(Controller):
 
     @get(
         "/{feed_id:int}/runs",
-        summary="A feed's runs, newest first (organizers)",
+        summary="A feed's runs, newest first (members)",
         description="Counts (new, updated, unchanged, withdrawn, quarantined), duration and "
         "outcome: success, not_modified (the server answered 304), failed (see `error`) or "
         "running.",
@@ -286,14 +289,14 @@ class FeedController(Controller):
     async def list_runs(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         feed_id: FromPath[int],
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> list[FeedRunOut]:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            await svc.get_feed(session, feed_id, await process_ids_of(session, who.id))
+            await svc.get_feed(session, feed_id, await processes_where(session, who))
             rows = await session.scalars(
                 select(FeedRun)
                 .where(FeedRun.feed_id == feed_id)
@@ -305,22 +308,22 @@ class FeedController(Controller):
 
     @get(
         "/{feed_id:int}/quarantine",
-        summary="Records a run set aside, with the reason (organizers)",
+        summary="Records a run set aside, with the reason (members)",
         description="Of the given run, else of the latest run that read the feed.",
         responses=documented(400, 401, 404),
     )
     async def quarantine(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         feed_id: FromPath[int],
         run_id: Annotated[int | None, QueryParameter(ge=1)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> list[QuarantinedOut]:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            await svc.get_feed(session, feed_id, await process_ids_of(session, who.id))
+            await svc.get_feed(session, feed_id, await processes_where(session, who))
             if run_id is None:
                 run_id = await session.scalar(
                     select(func.max(FeedRun.id)).where(

@@ -11,13 +11,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from scheduler import milestones as svc
-from scheduler.auth import member_of, require
 from scheduler.database import Database
 from scheduler.errors import documented
 from scheduler.fields import ID_MAX, AwareDatetime, PathId, check_aware
-from scheduler.models import Milestone, Organizer, utc_now
-from scheduler.organizers import process_ids_of, require_member
+from scheduler.models import Milestone, utc_now
 from scheduler.outbox import OutboxWorker
+from scheduler.permissions import Caller, authenticated, processes_where, require_role
 from scheduler.reminders import earliest_planned
 from scheduler.timezones import local_iso
 
@@ -74,7 +73,7 @@ class MilestoneController(Controller):
     async def list_milestones(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         process_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
         kind: FromQuery[svc.MilestoneKind | None] = None,
         from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
@@ -82,8 +81,8 @@ class MilestoneController(Controller):
     ) -> list[MilestoneOut]:
         check_aware("from", from_)
         check_aware("to", to)
-        visible = await member_of(db, organizer)
         async with db.reader() as session:
+            visible = await processes_where(session, caller)
             rows = await session.scalars(svc.list_query(visible, process_id, kind, from_, to))
             return [milestone_out(m) for m in rows]
 
@@ -91,11 +90,11 @@ class MilestoneController(Controller):
     async def get_milestone(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         milestone_id: PathId,
     ) -> MilestoneOut:
-        visible = await member_of(db, organizer)
         async with db.reader() as session:
+            visible = await processes_where(session, caller)
             return milestone_out(await svc.get_milestone(session, milestone_id, visible))
 
     @post(
@@ -108,13 +107,13 @@ class MilestoneController(Controller):
     async def create_milestone(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         data: JSONBody[svc.MilestoneCreate],
     ) -> MilestoneOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
-            await require_member(session, who, data.process_id)
+            await require_role(session, who, data.process_id, "organizer")
             out = milestone_out(await svc.create_milestone(session, data, utc_now()))
         worker.arm(earliest_planned(session))
         return out
@@ -128,17 +127,17 @@ class MilestoneController(Controller):
     async def update_milestone(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         milestone_id: PathId,
         data: JSONBody[svc.MilestonePatch],
     ) -> MilestoneOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             row = await svc.get_milestone(
-                session, milestone_id, await process_ids_of(session, who.id)
+                session, milestone_id, await processes_where(session, who)
             )
-            await require_member(session, who, row.process_id)
+            await require_role(session, who, row.process_id, "organizer")
             await svc.update_milestone(session, row, data, utc_now())
             out = milestone_out(row)
         worker.arm(earliest_planned(session))
@@ -150,13 +149,13 @@ class MilestoneController(Controller):
     async def delete_milestone(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         milestone_id: PathId,
     ) -> None:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             row = await svc.get_milestone(
-                session, milestone_id, await process_ids_of(session, who.id)
+                session, milestone_id, await processes_where(session, who)
             )
-            await require_member(session, who, row.process_id)
+            await require_role(session, who, row.process_id, "organizer")
             await svc.delete_milestone(session, row)

@@ -1,9 +1,10 @@
 """HTTP route for the outbox and reminder ledger: what was (or will be) mailed to whom, and
 what is stuck, failed, skipped or cancelled, and why.
 
-Organizers only, and only messages about their own processes: a message belongs to the
-process of its event, its registration, its milestone or its subscription; an organizer
-also sees the messages addressed to them.
+Members of a process (viewers too), and only messages about their own processes: a message
+belongs to the process of its event, its registration, its milestone or its subscription;
+an organizer also sees the messages addressed to them (not through a token scoped to one
+process: that sees its process's messages alone).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from sqlalchemy import ColumnElement, Select, func, or_, select
 
-from scheduler.auth import require
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
 from scheduler.fields import ID_MAX, AwareDatetime, check_aware
-from scheduler.models import Event, Milestone, Notification, Organizer, Registration, Subscription
-from scheduler.organizers import process_ids_of
+from scheduler.models import Event, Milestone, Notification, Registration, Subscription
+from scheduler.permissions import Caller, authenticated, processes_where
 
 NotificationStatus = Literal["planned", "sending", "sent", "failed", "skipped", "cancelled"]
 NotificationKind = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,40}$")]
@@ -123,7 +123,7 @@ class NotificationController(Controller):
     async def list_notifications(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         status: FromQuery[NotificationStatus | None] = None,
         kind: FromQuery[NotificationKind | None] = None,
         event_id: Annotated[int | None, QueryParameter(ge=1, le=ID_MAX)] = None,
@@ -135,13 +135,14 @@ class NotificationController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Annotated[int, QueryParameter(ge=0, le=ID_MAX)] = 0,
     ) -> NotificationPage:
-        who = require(organizer)
+        who = authenticated(caller)
         check_aware("from", from_)
         check_aware("to", to)
         if from_ is not None and to is not None and to <= from_:
             raise Invalid("to", "must be after from")
         async with db.reader() as session:
-            stmt = visible_query(await process_ids_of(session, who.id), who.id)
+            own = who.organizer_id if who.scope is None else None
+            stmt = visible_query(await processes_where(session, who), own)
             if status is not None:
                 stmt = stmt.where(Notification.status == status)
             if kind is not None:

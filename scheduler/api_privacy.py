@@ -1,6 +1,7 @@
 """HTTP routes for data-subject requests: export and erase what is held about one address.
 
-Organizers only, and only within the processes they organize (``privacy``). The export
+Members only, and only within their own processes (``privacy``): any member (viewers
+too) may export, organizers and owners may erase. The export
 is what a person asking "what do you hold about me?" is sent; the erasure is what they
 get when they ask to be forgotten.
 """
@@ -20,12 +21,11 @@ from scheduler import privacy
 from scheduler import registrations as registration_svc
 from scheduler.api_notifications import NotificationOut, notification_out
 from scheduler.api_registrations import RegistrationOut, registration_out
-from scheduler.auth import require
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
-from scheduler.models import Organizer, utc_now
-from scheduler.organizers import process_ids_of
+from scheduler.models import utc_now
 from scheduler.outbox import OutboxWorker
+from scheduler.permissions import Caller, authenticated, processes_where, require_writer
 from scheduler.reminders import earliest_planned
 from scheduler.settings import Settings
 
@@ -118,21 +118,22 @@ class PrivacyController(Controller):
 
     @get(
         "/export",
-        summary="Everything held about one email address (organizers)",
+        summary="Everything held about one email address (members)",
         description="Registrations, speaker requests, subscriptions and messages (with what "
-        "they said) of that address, within the processes the caller organizes.",
+        "they said) of that address, within the caller's processes (viewers too; a token "
+        "scoped to a process: that process alone).",
         responses=documented(400, 401),
     )
     async def export(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         email: Annotated[str, QueryParameter(min_length=3, max_length=320)],
     ) -> PrivacyExport:
-        who = require(organizer)
+        who = authenticated(caller)
         address = _address(email)
         async with db.reader() as session:
-            scope = await process_ids_of(session, who.id)
+            scope = await processes_where(session, who)
             found = await privacy.held(session, address, scope)
             return PrivacyExport(
                 email=address,
@@ -164,28 +165,29 @@ class PrivacyController(Controller):
     @post(
         "/erase",
         summary="Erase what is held about one email address (organizers)",
-        description="Within the processes the caller organizes: registrations are "
+        description="Within the processes the caller organizes or owns (not those they only "
+        "view; a read-only token: 403): registrations are "
         "anonymised and keep their status (a live one for an event still to come is "
         "cancelled first, and its seat goes to the next person waiting); speaker requests "
         "lose topic and summary; messages keep their history without address, name or "
         "content, and unsent ones are cancelled; subscriptions are deleted. Erasing twice "
         "finds nothing the second time.",
         status_code=200,
-        responses=documented(400, 401, 413),
+        responses=documented(400, 401, 403, 413),
     )
     async def erase(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         settings: NamedDependency[Settings],
         worker: NamedDependency[OutboxWorker],
         data: JSONBody[ErasureRequest],
     ) -> ErasureOut:
-        who = require(organizer)
+        who = require_writer(caller)
         address = registration_svc.normalize_email(data.email)
         hold = timedelta(minutes=settings.registration_hold_minutes)
         async with db.writer.begin() as session:
-            scope = await process_ids_of(session, who.id)
+            scope = await processes_where(session, who, "organizer")
             done = await privacy.erase(session, address, scope, utc_now(), hold)
         worker.kick()  # people promoted into freed seats are told at once
         worker.arm(earliest_planned(session))

@@ -14,13 +14,18 @@ from sqlalchemy import select
 from scheduler import processes as svc
 from scheduler.api_events import EventOut, event_out
 from scheduler.api_milestones import MilestoneOut, milestone_out
-from scheduler.auth import member_of, require
 from scheduler.cycle_templates import Template
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
 from scheduler.fields import AwareDatetime, PathId, check_aware
-from scheduler.models import Organizer, Process, utc_now
-from scheduler.organizers import require_member
+from scheduler.models import Process, utc_now
+from scheduler.permissions import (
+    Caller,
+    authenticated,
+    processes_where,
+    require_role,
+    require_unscoped,
+)
 from scheduler.timezones import local_iso
 
 
@@ -110,35 +115,36 @@ class ProcessController(Controller):
     @post(
         "/",
         summary="Create a process",
-        description="The organizer who creates a process becomes its owner.",
-        responses=documented(400, 401, 409, 413),
+        description="The organizer who creates a process becomes its owner. A read-only "
+        "token, or one scoped to a process, may not create processes (403).",
+        responses=documented(400, 401, 403, 409, 413),
     )
     async def create_process(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         data: JSONBody[svc.ProcessCreate],
     ) -> ProcessOut:
-        who = require(organizer)
+        who = require_unscoped(caller, "create processes")
         async with db.writer.begin() as session:
-            return process_out(await svc.create_process(session, data, who))
+            return process_out(await svc.create_process(session, data, who.organizer_id))
 
     @patch(
         "/{process_id:int}",
-        summary="Change a process",
+        summary="Change a process (organizers)",
         responses=documented(400, 401, 403, 404, 413),
     )
     async def update_process(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         process_id: PathId,
         data: JSONBody[svc.ProcessPatch],
     ) -> ProcessOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             process = await svc.get_process(session, process_id)
-            await require_member(session, who, process.id)
+            await require_role(session, who, process.id, "organizer")
             await svc.update_process(session, process, data)
             return process_out(process)
 
@@ -152,20 +158,20 @@ class ProcessController(Controller):
     async def get_timeline(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         process_id: PathId,
         from_: Annotated[AwareDatetime | None, QueryParameter(name="from")] = None,
         to: Annotated[AwareDatetime | None, QueryParameter(name="to")] = None,
     ) -> Timeline:
         check_aware("from", from_)
         check_aware("to", to)
-        visible = await member_of(db, organizer)
         start = from_ or datetime(1970, 1, 1, tzinfo=utc_now().tzinfo)
         end = to or utc_now() + timedelta(days=365 * 20)
         if end <= start:
             raise Invalid("to", "must be after from")
         async with db.reader() as session:
             process = await svc.get_process(session, process_id)
+            visible = await processes_where(session, caller)
             entries = await svc.timeline(session, process, visible, start, end)
             items = [
                 TimelineItem(
@@ -190,7 +196,7 @@ class ProcessController(Controller):
 
     @post(
         "/{process_id:int}/instantiate",
-        summary="Build a cycle from a template",
+        summary="Build a cycle from a template (organizers)",
         description="Creates the template's events and milestones around the anchor "
         "(`anchor_start`, or `anchor_date` at the template's hour). Each item stays placed "
         "relative to its reference, so moving the anchor later moves the cycle.",
@@ -199,15 +205,15 @@ class ProcessController(Controller):
     async def instantiate(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         templates: NamedDependency[dict[str, Template]],
         process_id: PathId,
         data: JSONBody[svc.Instantiate],
     ) -> Instantiated:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             process = await svc.get_process(session, process_id)
-            await require_member(session, who, process.id)
+            await require_role(session, who, process.id, "organizer")
             events, milestones = await svc.instantiate(session, process, templates, data, utc_now())
             return Instantiated(
                 template=data.template,

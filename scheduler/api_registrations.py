@@ -17,15 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import registrations as svc
 from scheduler.api_calendars import event_entry
-from scheduler.auth import require
 from scheduler.calendars import CalendarEntry, build_calendar
 from scheduler.database import Database
 from scheduler.errors import Gone, NotFound, documented
 from scheduler.fields import ID_MAX, AwareDatetime, PathId
 from scheduler.manage_links import new_nonce, registration_id_of, verify
-from scheduler.models import Event, Notification, Organizer, Registration, SpeakerRequest, utc_now
-from scheduler.organizers import require_member
+from scheduler.models import Event, Notification, Registration, SpeakerRequest, utc_now
 from scheduler.outbox import OutboxWorker
+from scheduler.permissions import Caller, Role, authenticated, processes_where, require_role
 from scheduler.rate_limits import RateLimits, client_host
 from scheduler.registration_desk import RegistrationDesk
 from scheduler.reminders import NOTICE_KINDS, REMINDER_KINDS, earliest_planned
@@ -510,7 +509,7 @@ class RegistrationController(Controller):
     async def list_registrations(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
         status: FromQuery[str | None] = None,
         constituency: FromQuery[str | None] = None,
@@ -520,9 +519,9 @@ class RegistrationController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
         offset: Annotated[int, QueryParameter(ge=0, le=ID_MAX)] = 0,
     ) -> RegistrationPage:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            await _event_of(session, who, event_id)
+            await event_for(session, who, event_id, "viewer")
             query = _filtered(event_id, status, constituency, region, country, q)
             total = await session.scalar(select(func.count()).select_from(query.subquery()))
             rows = await session.scalars(
@@ -541,16 +540,16 @@ class RegistrationController(Controller):
     async def export_csv(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
         status: FromQuery[str | None] = None,
     ) -> Response[str]:
-        who = require(organizer)
+        who = authenticated(caller)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
         async with db.reader() as session:
-            await _event_of(session, who, event_id)
+            await event_for(session, who, event_id, "viewer")
             rows = await session.scalars(
                 _filtered(event_id, status, None, None, None, None).order_by(Registration.id)
             )
@@ -572,12 +571,12 @@ class RegistrationController(Controller):
     async def stats(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
     ) -> Counts:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            event = await _event_of(session, who, event_id)
+            event = await event_for(session, who, event_id, "viewer")
             groups: dict[str, dict[str, int]] = {}
             for column in ("status", "constituency", "region", "country"):
                 attr = getattr(Registration, column)
@@ -607,12 +606,12 @@ class RegistrationController(Controller):
     async def waiting_list(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
     ) -> list[WaitingOut]:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            await _event_of(session, who, event_id)
+            await event_for(session, who, event_id, "viewer")
             rows = await session.scalars(
                 select(Registration)
                 .where(Registration.event_id == event_id, Registration.status == "waiting")
@@ -634,19 +633,19 @@ class RegistrationController(Controller):
     async def approve(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         settings: NamedDependency[Settings],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         registration_id: PathId,
         data: JSONBody[Approval],
     ) -> ReceiptOut:
-        who = require(organizer)
+        who = authenticated(caller)
         now = utc_now()
         async with db.writer.begin() as session:
             reg = await _registration_of(session, who, event_id, registration_id)
             until = data.accredit_until or now + timedelta(days=4 * 365)
-            receipt = await svc.approve(session, reg, who.id, until, now, _hold(settings))
+            receipt = await svc.approve(session, reg, who.organizer_id, until, now, _hold(settings))
         worker.kick()
         worker.arm(earliest_planned(session))
         return ReceiptOut(
@@ -667,13 +666,13 @@ class RegistrationController(Controller):
     async def reject(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         registration_id: PathId,
         data: JSONBody[Rejection],
     ) -> Done:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             reg = await _registration_of(session, who, event_id, registration_id)
             await svc.reject(session, reg, data.reason, utc_now())
@@ -690,13 +689,13 @@ class RegistrationController(Controller):
     async def cancel_registration(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         settings: NamedDependency[Settings],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         registration_id: PathId,
     ) -> Done:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             reg = await _registration_of(session, who, event_id, registration_id)
             promoted = await svc.cancel(session, reg, utc_now(), _hold(settings))
@@ -713,11 +712,11 @@ class RegistrationController(Controller):
     async def revoke_links(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
         registration_id: PathId,
     ) -> Done:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             reg = await _registration_of(session, who, event_id, registration_id)
             reg.token_nonce = new_nonce()
@@ -725,9 +724,9 @@ class RegistrationController(Controller):
 
 
 async def _registration_of(
-    session: AsyncSession, who: Organizer, event_id: int, registration_id: int
+    session: AsyncSession, who: Caller, event_id: int, registration_id: int
 ) -> Registration:
-    await _event_of(session, who, event_id)
+    await event_for(session, who, event_id, "organizer")
     reg = await session.get(Registration, registration_id)
     if reg is None or reg.event_id != event_id:
         raise NotFound(f"no registration {registration_id} for event {event_id}")
@@ -738,11 +737,15 @@ def _hold(settings: Settings) -> timedelta:
     return timedelta(minutes=settings.registration_hold_minutes)
 
 
-async def _event_of(session: AsyncSession, who: Organizer, event_id: int) -> Event:
+async def event_for(session: AsyncSession, who: Caller, event_id: int, at_least: Role) -> Event:
+    """The event, if the caller may act on it as ``at_least``: 404 for one they cannot see
+    (another process's draft), 403 for one they see but may not act on."""
     event = await session.get(Event, event_id)
-    if event is None:
+    if event is None or (
+        event.status == "draft" and event.process_id not in await processes_where(session, who)
+    ):
         raise NotFound(f"no event {event_id}")
-    await require_member(session, who, event.process_id)
+    await require_role(session, who, event.process_id, at_least)
     return event
 
 

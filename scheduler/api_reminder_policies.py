@@ -1,4 +1,4 @@
-"""HTTP routes for a process's reminder policies (organizers of the process)."""
+"""HTTP routes for a process's reminder policies (members read them, organizers set them)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from scheduler import reminder_policies as svc
-from scheduler.auth import require
 from scheduler.database import Database
 from scheduler.errors import documented
 from scheduler.fields import PathId
-from scheduler.models import Organizer, utc_now
-from scheduler.organizers import require_member
+from scheduler.models import utc_now
 from scheduler.outbox import OutboxWorker
+from scheduler.permissions import Caller, authenticated, require_role
 from scheduler.processes import get_process
 from scheduler.reminders import earliest_planned
 
@@ -47,7 +46,7 @@ class ReminderPolicyController(Controller):
 
     @get(
         "/",
-        summary="The process's reminder policies (organizers)",
+        summary="The process's reminder policies (members)",
         description="One per kind of event, and `milestone` for its deadlines: offsets in "
         "minutes before the start (or due time) and who is reminded. Kinds the process has "
         "not set show the defaults (10080, 1440 and 60 minutes; everyone).",
@@ -56,13 +55,13 @@ class ReminderPolicyController(Controller):
     async def get_policies(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         process_id: PathId,
     ) -> PoliciesOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
             await get_process(session, process_id)
-            await require_member(session, who, process_id)
+            await require_role(session, who, process_id, "viewer")
             return policies_out(process_id, await svc.effective(session, process_id))
 
     @put(
@@ -78,15 +77,15 @@ class ReminderPolicyController(Controller):
     async def put_policies(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         process_id: PathId,
         data: JSONBody[svc.PoliciesIn],
     ) -> PoliciesOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
             await get_process(session, process_id)
-            await require_member(session, who, process_id)
+            await require_role(session, who, process_id, "organizer")
             out = policies_out(process_id, await svc.replace(session, process_id, data, utc_now()))
         worker.arm(earliest_planned(session))
         return out

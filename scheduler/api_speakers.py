@@ -13,13 +13,13 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy import select
 
 from scheduler import speakers as svc
-from scheduler.api_registrations import _event_of, by_token
-from scheduler.auth import require
+from scheduler.api_registrations import by_token, event_for
 from scheduler.database import Database
 from scheduler.errors import NotFound, documented
 from scheduler.fields import AwareDatetime, Id, PathId, check_range
-from scheduler.models import Event, Organizer, Registration, SpeakerRequest, utc_now
+from scheduler.models import Event, Registration, SpeakerRequest, utc_now
 from scheduler.outbox import OutboxWorker
+from scheduler.permissions import Caller, authenticated
 from scheduler.registrations import Constituency
 from scheduler.reminders import earliest_planned
 from scheduler.settings import Settings
@@ -221,13 +221,13 @@ class SpeakerController(Controller):
     async def list_requests(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         event_id: PathId,
         status: FromQuery[svc.SpeakerStatus | None] = None,
     ) -> list[RequestOut]:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.reader() as session:
-            event = await _event_of(session, who, event_id)
+            event = await event_for(session, who, event_id, "viewer")
             query = (
                 select(SpeakerRequest, Registration)
                 .join(Registration, Registration.id == SpeakerRequest.registration_id)
@@ -254,15 +254,15 @@ class SpeakerController(Controller):
     async def select_speakers(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         data: JSONBody[Selection],
     ) -> SelectionOut:
-        who = require(organizer)
+        who = authenticated(caller)
         slots = _slots(data.start, data.slot_minutes, data.gap_minutes)
         async with db.writer.begin() as session:
-            event = await _event_of(session, who, event_id)
+            event = await event_for(session, who, event_id, "organizer")
             outcome = await svc.select_for_event(
                 session,
                 event,
@@ -287,15 +287,15 @@ class SpeakerController(Controller):
     async def set_order(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         data: JSONBody[Order],
     ) -> SelectionOut:
-        who = require(organizer)
+        who = authenticated(caller)
         slots = _slots(data.start, data.slot_minutes, data.gap_minutes)
         async with db.writer.begin() as session:
-            event = await _event_of(session, who, event_id)
+            event = await event_for(session, who, event_id, "organizer")
             outcome = await svc.set_order(session, event, data.order, slots)
             out = _selection_out(event, outcome)
         worker.kick()
@@ -313,15 +313,15 @@ class SpeakerController(Controller):
     async def decline(
         self,
         db: NamedDependency[Database],
-        organizer: NamedDependency[Organizer | None],
+        caller: NamedDependency[Caller | None],
         worker: NamedDependency[OutboxWorker],
         event_id: PathId,
         request_id: PathId,
         data: JSONBody[Decline | None] = None,
     ) -> RequestOut:
-        who = require(organizer)
+        who = authenticated(caller)
         async with db.writer.begin() as session:
-            event = await _event_of(session, who, event_id)
+            event = await event_for(session, who, event_id, "organizer")
             await svc.decline(session, event, request_id, data.reason if data else "", utc_now())
             req = await session.get(SpeakerRequest, request_id)
             reg = await session.get(Registration, req.registration_id) if req else None

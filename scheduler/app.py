@@ -23,6 +23,7 @@ from scheduler.api_calendars import CalendarController
 from scheduler.api_events import EventController
 from scheduler.api_feeds import FeedController
 from scheduler.api_health import health
+from scheduler.api_members import MemberController
 from scheduler.api_milestones import MilestoneController
 from scheduler.api_notifications import NotificationController
 from scheduler.api_pledges import PledgeController
@@ -32,7 +33,8 @@ from scheduler.api_registrations import RegistrationController
 from scheduler.api_reminder_policies import ReminderPolicyController
 from scheduler.api_speakers import SpeakerController
 from scheduler.api_subscriptions import SubscriptionController, SubscriptionPages
-from scheduler.auth import provide_organizer
+from scheduler.api_tokens import TokenController
+from scheduler.auth import provide_caller
 from scheduler.calendar_cache import AnswerCache
 from scheduler.clock import Clock
 from scheduler.cycle_templates import Template, load_templates
@@ -167,12 +169,14 @@ def create_app(settings: Settings) -> Litestar:
         "clock": Provide(provide_clock, sync_to_thread=False),
         "templates": Provide(provide_templates, sync_to_thread=False),
         "base_url": Provide(provide_base_url, sync_to_thread=False),
-        "organizer": Provide(provide_organizer),
+        "caller": Provide(provide_caller),
     }
     return Litestar(
         route_handlers=[
             health,
             ProcessController,
+            MemberController,
+            TokenController,
             TemplateController,
             EventController,
             MilestoneController,
@@ -231,7 +235,9 @@ def create_app(settings: Settings) -> Litestar:
                     "organizerToken": SecurityScheme(
                         type="http",
                         scheme="bearer",
-                        description="Organizer token from `scheduler organizer create`.",
+                        description="An organizer's API token: the first from `scheduler "
+                        "organizer create`, more from POST /api/tokens (optionally scoped to "
+                        "one process, or read-only).",
                     )
                 }
             ),

@@ -1,50 +1,46 @@
-"""Who is asking: the organizer behind a bearer token, or the public (None)."""
+"""Who is asking: the organizer behind a bearer token (as a Caller), or the public (None).
+
+What the caller may do is decided in ``scheduler.permissions``.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from litestar import Request
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException
 
+from scheduler import tokens
 from scheduler.database import Database
-from scheduler.models import Organizer
-from scheduler.organizers import organizer_for_token, process_ids_of
+from scheduler.errors import Unauthorized
+from scheduler.models import ApiToken, utc_now
+from scheduler.permissions import Caller
 
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
-
-async def provide_organizer(
+async def provide_caller(
     request: Request[Any, Any, Any], db: NamedDependency[Database]
-) -> Organizer | None:
-    """None for an anonymous request; 401 for a malformed or unknown token."""
+) -> Caller | None:
+    """None for an anonymous request; 401 for a malformed, unknown or revoked token."""
     header = request.headers.get("authorization")
     if header is None:
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise NotAuthorizedException(
-            detail="Authorization: expected 'Bearer <token>'", headers=_CHALLENGE
-        )
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("Authorization: expected 'Bearer <token>'")
     async with db.reader() as session:
-        organizer = await organizer_for_token(session, token.strip())
-    if organizer is None:
-        raise NotAuthorizedException(detail="Authorization: unknown token", headers=_CHALLENGE)
-    return organizer
+        found = await tokens.find(session, secret.strip())
+    if found is None:
+        raise Unauthorized("Authorization: unknown token")
+    token, organizer = found
+    if token.revoked_at is not None:
+        raise Unauthorized("Authorization: this token was revoked")
+    await note_use(db, token, utc_now())
+    return tokens.caller_of(token, organizer)
 
 
-def require(organizer: NamedDependency[Organizer | None]) -> Organizer:
-    if organizer is None:
-        raise NotAuthorizedException(
-            detail="Authorization: this change needs an organizer token", headers=_CHALLENGE
-        )
-    return organizer
-
-
-async def member_of(db: Database, organizer: Organizer | None) -> set[int]:
-    """Processes whose drafts this requester may see."""
-    if organizer is None:
-        return set()
-    async with db.reader() as session:
-        return await process_ids_of(session, organizer.id)
+async def note_use(db: Database, token: ApiToken, now: datetime) -> None:
+    """Keep the token's last_used_at roughly current: a write at most once a minute."""
+    if tokens.needs_touch(token, now):
+        async with db.writer.begin() as session:
+            await tokens.touch(session, token.id, now)

@@ -8,9 +8,12 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from scheduler.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from scheduler.permissions import Role
 
 _EMAIL = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+")  # where reminders go
 
@@ -34,7 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="SLUG",
-        help="a process this organizer may change (repeat for several)",
+        help="a process this organizer belongs to (repeat for several)",
+    )
+    create.add_argument(
+        "--role",
+        choices=("viewer", "organizer", "owner"),
+        default="organizer",
+        help="their role in each --process: viewer (reads), organizer (also changes), "
+        "owner (also manages members); default organizer",
     )
     create.add_argument(
         "--email",
@@ -79,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if email and not _EMAIL.fullmatch(email):
         print(f"scheduler: --email {email!r} is not an email address", file=sys.stderr)
         return 2
-    return asyncio.run(_create_organizer(settings, args.name, args.process, email))
+    if args.role != "organizer" and not args.process:
+        print("scheduler: --role needs at least one --process", file=sys.stderr)
+        return 2
+    return asyncio.run(_create_organizer(settings, args.name, args.process, email, args.role))
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
@@ -163,7 +176,9 @@ async def _demo(settings: Settings) -> int:
     return 0
 
 
-async def _create_organizer(settings: Settings, name: str, slugs: list[str], email: str) -> int:
+async def _create_organizer(
+    settings: Settings, name: str, slugs: list[str], email: str, role: Role
+) -> int:
     from scheduler.database import open_database
     from scheduler.errors import NotFound
     from scheduler.organizers import create_organizer
@@ -171,13 +186,14 @@ async def _create_organizer(settings: Settings, name: str, slugs: list[str], ema
     db = open_database(settings)
     try:
         async with db.writer.begin() as session:
-            organizer, token = await create_organizer(session, name, slugs, email=email)
+            organizer, token = await create_organizer(session, name, slugs, email=email, role=role)
     except NotFound as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 2
     finally:
         await db.dispose()
-    print(f"organizer {organizer.id} ({organizer.name}) created; its token (shown once):")
+    where = f", {role} of {', '.join(slugs)}" if slugs else ""
+    print(f"organizer {organizer.id} ({organizer.name}{where}) created; its token (shown once):")
     print(token)
     return 0
 

@@ -33,7 +33,7 @@ async def load_demo(session: AsyncSession, templates: dict[str, Template]) -> Pr
             ),
             languages=["en", "fr", "es", "ar"],
         ),
-        owner=None,
+        owner_id=None,
     )
     await instantiate(
         session,

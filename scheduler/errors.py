@@ -42,7 +42,15 @@ class Conflict(Exception):
         self.reason = reason
 
 
+class Unauthorized(Exception):
+    """No token, or one that is not (or no longer) valid."""
+
+    status_code = 401
+
+
 class Forbidden(Exception):
+    """A valid token that may not do this (scoped elsewhere, read-only, or a lower role)."""
+
     status_code = 403
 
 
@@ -82,6 +90,14 @@ def not_found_handler(_: Request[Any, Any, Any], exc: NotFound) -> Response[obje
 def conflict_handler(_: Request[Any, Any, Any], exc: Conflict) -> Response[object]:
     detail = f"{exc.field}: {exc.reason}" if exc.field else exc.reason
     return Response(_body(409, detail, exc.field), status_code=409)
+
+
+def unauthorized_handler(_: Request[Any, Any, Any], exc: Unauthorized) -> Response[object]:
+    return Response(
+        _body(401, str(exc) or "Authorization: this needs an organizer token"),
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def forbidden_handler(_: Request[Any, Any, Any], exc: Forbidden) -> Response[object]:
@@ -143,6 +159,7 @@ EXCEPTION_HANDLERS = {
     Invalid: invalid_handler,
     NotFound: not_found_handler,
     Conflict: conflict_handler,
+    Unauthorized: unauthorized_handler,
     Forbidden: forbidden_handler,
     Gone: gone_handler,
     TooManyRequests: too_many_handler,
@@ -168,8 +185,9 @@ class ErrorBody(msgspec.Struct):
 
 _MEANINGS = {
     400: "Bad input: `extra` names each field and the reason",
-    401: "No token, or an unknown one (send `Authorization: Bearer <token>`)",
-    403: "The token may not change this process",
+    401: "No token, or an unknown or revoked one (send `Authorization: Bearer <token>`)",
+    403: "The token may not do this here: another process's, scoped to another process, "
+    "read-only, or a role too low (viewer < organizer < owner)",
     404: "No such item (drafts are hidden from the public)",
     409: "Conflicts with stored data or state (a slug taken, registration closed)",
     410: "The link has expired",

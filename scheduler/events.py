@@ -104,15 +104,16 @@ class EventFilter:
     offset: int = 0
 
 
-def visible_clause(member_of: set[int]) -> Any:
-    """Drafts are seen only by the organizers of their process."""
-    if not member_of:
+def visible_clause(readable: set[int]) -> Any:
+    """Drafts are seen only by the members of their process (``readable``: the processes
+    whose drafts the caller may read, from ``permissions.processes_where``)."""
+    if not readable:
         return Event.status != "draft"
-    return or_(Event.status != "draft", Event.process_id.in_(member_of))
+    return or_(Event.status != "draft", Event.process_id.in_(readable))
 
 
-def list_query(flt: EventFilter, member_of: set[int]) -> Select[Event]:
-    query = select(Event).where(visible_clause(member_of))
+def list_query(flt: EventFilter, readable: set[int]) -> Select[Event]:
+    query = select(Event).where(visible_clause(readable))
     if flt.process_id is not None:
         query = query.where(Event.process_id == flt.process_id)
     if flt.kind is not None:
@@ -129,9 +130,9 @@ def list_query(flt: EventFilter, member_of: set[int]) -> Select[Event]:
     return query.order_by(Event.starts_at, Event.id).limit(flt.limit).offset(flt.offset)
 
 
-async def get_event(session: AsyncSession, event_id: int, member_of: set[int]) -> Event:
+async def get_event(session: AsyncSession, event_id: int, readable: set[int]) -> Event:
     event = await session.get(Event, event_id)
-    if event is None or (event.status == "draft" and event.process_id not in member_of):
+    if event is None or (event.status == "draft" and event.process_id not in readable):
         raise NotFound(f"no event {event_id}")
     return event
 

@@ -56,20 +56,21 @@ class MilestonePatch(msgspec.Struct, forbid_unknown_fields=True):
     reminder_offsets: f.ReminderOffsets | UnsetType | None = UNSET
 
 
-def visible_clause(member_of: set[int]) -> Any:
-    if not member_of:
+def visible_clause(readable: set[int]) -> Any:
+    """Drafts are seen only by the members of their process (see events.visible_clause)."""
+    if not readable:
         return Milestone.status != "draft"
-    return or_(Milestone.status != "draft", Milestone.process_id.in_(member_of))
+    return or_(Milestone.status != "draft", Milestone.process_id.in_(readable))
 
 
 def list_query(
-    member_of: set[int],
+    readable: set[int],
     process_id: int | None = None,
     kind: str | None = None,
     due_from: datetime | None = None,
     due_to: datetime | None = None,
 ) -> Select[Milestone]:
-    query = select(Milestone).where(visible_clause(member_of))
+    query = select(Milestone).where(visible_clause(readable))
     if process_id is not None:
         query = query.where(Milestone.process_id == process_id)
     if kind is not None:
@@ -81,9 +82,9 @@ def list_query(
     return query.order_by(Milestone.due_at, Milestone.id)
 
 
-async def get_milestone(session: AsyncSession, milestone_id: int, member_of: set[int]) -> Milestone:
+async def get_milestone(session: AsyncSession, milestone_id: int, readable: set[int]) -> Milestone:
     row = await session.get(Milestone, milestone_id)
-    if row is None or (row.status == "draft" and row.process_id not in member_of):
+    if row is None or (row.status == "draft" and row.process_id not in readable):
         raise NotFound(f"no milestone {milestone_id}")
     return row
 

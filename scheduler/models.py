@@ -42,7 +42,6 @@ MILESTONE_KINDS = (
     "other",
 )
 MILESTONE_STATUSES = ("draft", "published", "cancelled")
-PROCESS_ROLES = ("owner", "organizer")
 CONSTITUENCIES = (
     "civil_society",
     "migrant_organisation",
@@ -134,11 +133,12 @@ class ChangeCounter(Base):
 
 
 class Organizer(Base):
+    """Someone who runs processes; they act through their API tokens (``ApiToken``)."""
+
     __tablename__ = "organizers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # Where this organizer's reminders go (empty: none).
     email: Mapped[str] = mapped_column(String(320), default="")
     language: Mapped[str] = mapped_column(String(8), default="en")
@@ -162,17 +162,44 @@ class Process(Base):
 
 
 class ProcessOrganizer(Base):
-    """Who may change a process."""
+    """A member of a process and their role there: viewer, organizer or owner
+    (``scheduler.permissions.ROLES``)."""
 
     __tablename__ = "process_organizers"
 
     process_id: Mapped[int] = mapped_column(
         ForeignKey("processes.id", ondelete="CASCADE"), primary_key=True
     )
+    # Indexed on its own too: every authenticated request looks up the caller's processes.
     organizer_id: Mapped[int] = mapped_column(
-        ForeignKey("organizers.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("organizers.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     role: Mapped[str] = mapped_column(String(20), default="organizer")
+
+
+class ApiToken(Base):
+    """One of an organizer's credentials. Only a SHA-256 of the secret is stored.
+
+    A token may be narrower than its organizer: scoped to one process (``process_id``) it
+    acts on nothing else, and a ``read_only`` one acts as at most a viewer.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organizer_id: Mapped[int] = mapped_column(
+        ForeignKey("organizers.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    process_id: Mapped[int | None] = mapped_column(
+        ForeignKey("processes.id", ondelete="CASCADE"), index=True
+    )
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    # Kept roughly (updated at most once a minute), for spotting tokens nobody uses.
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
 
 
 class Event(Base):

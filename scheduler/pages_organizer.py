@@ -1,11 +1,13 @@
 """The organizers' pages: the cycle timeline (with move-and-cascade and its preview),
 registrations and the waiting list, speakers, the reminder ledger, feeds and their runs.
 
-An organizer signs in once with their token; the session is an encrypted, signed cookie
-(Litestar's cookie backend, key derived from the app's secret), Secure, HttpOnly and
-SameSite=Lax, sent only to /organize. It holds the organizer's id and a fingerprint of their
-token's hash, so a token replaced or removed ends its sessions. Every form carries a CSRF
-token (Litestar's double-submit check), the session cookie alone can change nothing.
+An organizer signs in once with one of their tokens; the session is an encrypted, signed
+cookie (Litestar's cookie backend, key derived from the app's secret), Secure, HttpOnly and
+SameSite=Lax, sent only to /organize. It holds the token's id and a fingerprint of its hash,
+so revoking the token ends its sessions, and the pages act with exactly that token's rights
+(its scope, read-only cap and the organizer's roles: ``scheduler.permissions``). Every form
+carries a CSRF token (Litestar's double-submit check), the session cookie alone can change
+nothing.
 """
 
 from __future__ import annotations
@@ -32,17 +34,20 @@ from msgspec import UNSET
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import charts, i18n
+from scheduler import charts, i18n, tokens
 from scheduler import events as event_svc
 from scheduler import registrations as svc
 from scheduler import speakers as speaker_svc
 from scheduler.api_notifications import visible_query
+from scheduler.api_registrations import event_for
+from scheduler.auth import note_use
 from scheduler.database import Database
 from scheduler.errors import Conflict, Forbidden, Invalid, NotFound
 from scheduler.fields import PathId
 from scheduler.models import (
     NOTIFICATION_STATUSES,
     REGISTRATION_STATUSES,
+    ApiToken,
     Event,
     Feed,
     FeedRun,
@@ -50,15 +55,14 @@ from scheduler.models import (
     Notification,
     Organizer,
     Process,
-    ProcessOrganizer,
     Registration,
     SpeakerRequest,
     utc_now,
 )
-from scheduler.organizers import organizer_for_token, process_ids_of
 from scheduler.outbox import OutboxWorker
 from scheduler.pages import after_commit, problem
 from scheduler.pages_common import AnyRequest, here, page, safe_next, visitor
+from scheduler.permissions import Caller, Role, rank, require_role, roles_of
 from scheduler.processes import timeline
 from scheduler.settings import Settings
 from scheduler.timezones import from_local, to_local
@@ -131,43 +135,57 @@ def _insecure(request: AnyRequest) -> bool:
     return request.url.scheme != "https" and host not in ("localhost", "127.0.0.1", "::1")
 
 
-def _fingerprint(organizer: Organizer) -> str:
-    return organizer.token_hash[:16]
+def _fingerprint(token: ApiToken) -> str:
+    return token.token_hash[:16]
 
 
-async def signed_in(request: AnyRequest, db: Database) -> Organizer | None:
-    """The organizer this session belongs to, while their token is still the same."""
+async def signed_in(request: AnyRequest, db: Database) -> Caller | None:
+    """Who this session acts as, while the token it was made with is not revoked."""
     data = request.scope.get("session")
     if not isinstance(data, dict):
         return None
-    organizer_id = data.get("organizer")
-    if not isinstance(organizer_id, int):
+    token_id = data.get("token")
+    if not isinstance(token_id, int):
         return None
     async with db.reader() as session:
-        organizer = await session.get(Organizer, organizer_id)
-    if organizer is None or data.get("fp") != _fingerprint(organizer):
+        row = (
+            await session.execute(
+                select(ApiToken, Organizer)
+                .join(Organizer, Organizer.id == ApiToken.organizer_id)
+                .where(ApiToken.id == token_id)
+            )
+        ).one_or_none()
+    if row is None:
         return None
-    return organizer
+    token, organizer = row
+    if token.revoked_at is not None or data.get("fp") != _fingerprint(token):
+        return None
+    await note_use(db, token, utc_now())
+    return tokens.caller_of(token, organizer)
 
 
 def _to_sign_in(request: AnyRequest) -> Redirect:
     return Redirect(f"{PREFIX}/sign-in?next={quote(here(request), safe='')}", status_code=303)
 
 
-async def _member(session: AsyncSession, who: Organizer, process_id: int) -> Process:
+async def _process_for(
+    session: AsyncSession, who: Caller, process_id: int, at_least: Role
+) -> tuple[Process, bool]:
+    """The process, if the caller may act on it as ``at_least``, and whether they may
+    change it (the pages hide the forms of those who may not)."""
     process = await session.get(Process, process_id)
     if process is None:
         raise NotFound(f"no process {process_id}")
-    if process_id not in await process_ids_of(session, who.id):
-        raise Forbidden(f"not an organizer of process {process_id}")
-    return process
+    role = await require_role(session, who, process_id, at_least)
+    return process, rank(role) >= rank("organizer")
 
 
-async def _event_of(session: AsyncSession, who: Organizer, event_id: int) -> tuple[Event, Process]:
-    event = await session.get(Event, event_id)
-    if event is None:
-        raise NotFound(f"no event {event_id}")
-    return event, await _member(session, who, event.process_id)
+async def _event_of(
+    session: AsyncSession, who: Caller, event_id: int, at_least: Role
+) -> tuple[Event, Process, bool]:
+    event = await event_for(session, who, event_id, at_least)
+    process, can_change = await _process_for(session, who, event.process_id, at_least)
+    return event, process, can_change
 
 
 @dataclass
@@ -249,10 +267,12 @@ class OrganizerPages(Controller):
         token = str(form.get("token", "")).strip()
         target = safe_next(str(form.get("next", "")), PREFIX)
         async with db.reader() as session:
-            organizer = await organizer_for_token(session, token) if token else None
-        if organizer is None:
+            found = await tokens.find(session, token) if token else None
+        if found is None or found[0].revoked_at is not None:
             lang = visitor(request).lang
-            key = "org.token_unknown" if token else "error.required"
+            key = "org.token_revoked" if found else "org.token_unknown"
+            if not token:
+                key = "error.required"
             return page(
                 request,
                 "org_sign_in.html",
@@ -263,7 +283,7 @@ class OrganizerPages(Controller):
                 insecure=_insecure(request),
             )
         request.set_session(
-            {"organizer": organizer.id, "fp": _fingerprint(organizer), "at": int(time.time())}
+            {"token": found[0].id, "fp": _fingerprint(found[0]), "at": int(time.time())}
         )
         return Redirect(target, status_code=303)
 
@@ -280,15 +300,13 @@ class OrganizerPages(Controller):
         if who is None:
             return _to_sign_in(request)
         async with db.reader() as session:
+            roles = await roles_of(session, who)
             processes = list(
                 await session.scalars(
-                    select(Process)
-                    .join(ProcessOrganizer, ProcessOrganizer.process_id == Process.id)
-                    .where(ProcessOrganizer.organizer_id == who.id)
-                    .order_by(Process.name)
+                    select(Process).where(Process.id.in_(roles)).order_by(Process.name)
                 )
             )
-        return page(request, "org_home.html", who=who, processes=processes)
+        return page(request, "org_home.html", who=who, processes=processes, roles=roles)
 
     @get("/processes/{process_id:int}")
     async def cycle(
@@ -305,7 +323,7 @@ class OrganizerPages(Controller):
             return _to_sign_in(request)
         try:
             async with db.reader() as session:
-                process = await _member(session, who, process_id)
+                process, can_change = await _process_for(session, who, process_id, "viewer")
                 start = datetime(1970, 1, 1, tzinfo=utc_now().tzinfo)
                 entries = await timeline(
                     session, process, {process.id}, start, utc_now() + timedelta(days=7300)
@@ -339,6 +357,7 @@ class OrganizerPages(Controller):
             year=year,
             moved=moved_keys,
             moved_query=f"&moved={moved}" if moved_keys else "",
+            can_change=can_change,
             tab="timeline",
         )
 
@@ -348,7 +367,7 @@ class OrganizerPages(Controller):
         self,
         request: AnyRequest,
         db: Database,
-        who: Organizer,
+        who: Caller,
         event_id: int,
         *,
         values: dict[str, str] | None = None,
@@ -358,7 +377,7 @@ class OrganizerPages(Controller):
     ) -> Response[Any]:
         try:
             async with db.reader() as session:
-                event, process = await _event_of(session, who, event_id)
+                event, process, _ = await _event_of(session, who, event_id, "organizer")
         except (NotFound, Forbidden) as exc:
             return problem(request, exc)
         day, clock = _local_fields(event.starts_at, event.time_zone)
@@ -404,7 +423,7 @@ class OrganizerPages(Controller):
         now = utc_now()
         try:
             async with db.writer.begin() as session:
-                event, process = await _event_of(session, who, event_id)
+                event, process, _ = await _event_of(session, who, event_id, "organizer")
                 new_start = _parse_local(values["date"], values["time"], event.time_zone)
                 if new_start is None:
                     raise Invalid("date", i18n.text(lang, "error.date"))
@@ -459,7 +478,7 @@ class OrganizerPages(Controller):
         self,
         request: AnyRequest,
         db: Database,
-        who: Organizer,
+        who: Caller,
         event_id: int,
         *,
         status: str | None = None,
@@ -469,7 +488,7 @@ class OrganizerPages(Controller):
     ) -> Response[Any]:
         try:
             async with db.reader() as session:
-                event, process = await _event_of(session, who, event_id)
+                event, process, can_change = await _event_of(session, who, event_id, "viewer")
                 counts = dict(
                     (str(s), int(n))
                     for s, n in await session.execute(
@@ -523,6 +542,7 @@ class OrganizerPages(Controller):
             status=status if status in REGISTRATION_STATUSES else "",
             error=error,
             message_key=f"org.done_{done}" if done else "",
+            can_change=can_change,
             tab="timeline",
         )
 
@@ -566,13 +586,13 @@ class OrganizerPages(Controller):
         hold = timedelta(minutes=settings.registration_hold_minutes)
         try:
             async with db.writer.begin() as session:
-                await _event_of(session, who, event_id)
+                await _event_of(session, who, event_id, "organizer")
                 reg = await session.get(Registration, registration_id)
                 if reg is None or reg.event_id != event_id:
                     raise NotFound(f"no registration {registration_id}")
                 if action == "approve":
                     await svc.approve(
-                        session, reg, who.id, now + timedelta(days=4 * 365), now, hold
+                        session, reg, who.organizer_id, now + timedelta(days=4 * 365), now, hold
                     )
                 elif action == "reject":
                     reason = " ".join(str(form.get("reason", "")).split())[:2000]
@@ -606,7 +626,7 @@ class OrganizerPages(Controller):
         lang = visitor(request).lang
         try:
             async with db.writer.begin() as session:
-                event, _ = await _event_of(session, who, event_id)
+                event, _, _ = await _event_of(session, who, event_id, "organizer")
                 if count is None or not 1 <= count <= 1000:
                     raise Invalid("count", i18n.text(lang, "org.error_count"))
                 if slot is None or not 1 <= slot <= 1440 or gap is None or not 0 <= gap <= 1440:
@@ -651,7 +671,7 @@ class OrganizerPages(Controller):
         form = await request.form()
         try:
             async with db.writer.begin() as session:
-                event, _ = await _event_of(session, who, event_id)
+                event, _, _ = await _event_of(session, who, event_id, "organizer")
                 if action == "decline":
                     reason = " ".join(str(form.get("reason", "")).split())[:2000]
                     await speaker_svc.decline(session, event, request_id, reason, utc_now())
@@ -711,7 +731,7 @@ class OrganizerPages(Controller):
         page_no = max(page_no, 1)
         try:
             async with db.reader() as session:
-                process = await _member(session, who, process_id)
+                process, _ = await _process_for(session, who, process_id, "viewer")
                 query = visible_query({process.id})
                 if status in NOTIFICATION_STATUSES:
                     query = query.where(Notification.status == status)
@@ -759,7 +779,7 @@ class OrganizerPages(Controller):
             return _to_sign_in(request)
         try:
             async with db.reader() as session:
-                process = await _member(session, who, process_id)
+                process, _ = await _process_for(session, who, process_id, "viewer")
                 feeds = list(
                     await session.scalars(
                         select(Feed).where(Feed.process_id == process.id).order_by(Feed.name)

@@ -43,6 +43,7 @@ from scheduler.models import (
     QuarantinedRecord,
 )
 from scheduler.outbox import enqueue
+from scheduler.permissions import ORGANIZING_ROLES
 from scheduler.pledges import PledgeRecord
 
 _MAX_QUARANTINED_JSON = 8000
@@ -666,7 +667,11 @@ async def enqueue_digest(
         await session.scalars(
             select(Organizer)
             .join(ProcessOrganizer, ProcessOrganizer.organizer_id == Organizer.id)
-            .where(ProcessOrganizer.process_id == target.process_id, Organizer.email != "")
+            .where(
+                ProcessOrganizer.process_id == target.process_id,
+                ProcessOrganizer.role.in_(ORGANIZING_ROLES),
+                Organizer.email != "",
+            )
             .order_by(Organizer.id)
         )
     )

@@ -18,7 +18,7 @@ from scheduler.errors import Conflict, Invalid, NotFound
 from scheduler.events import parse_exdates
 from scheduler.events import visible_clause as events_visible
 from scheduler.milestones import visible_clause as milestones_visible
-from scheduler.models import Event, Milestone, Organizer, Process, ProcessOrganizer
+from scheduler.models import Event, Milestone, Process, ProcessOrganizer
 from scheduler.recurrence import last_end, occurrences_between
 from scheduler.timezones import UnknownTimeZone, zone
 
@@ -55,8 +55,9 @@ async def get_process(session: AsyncSession, process_id: int) -> Process:
 
 
 async def create_process(
-    session: AsyncSession, data: ProcessCreate, owner: Organizer | None
+    session: AsyncSession, data: ProcessCreate, owner_id: int | None
 ) -> Process:
+    """A new process; ``owner_id`` (the organizer creating it) becomes its owner."""
     _check_zone(data.time_zone)
     if await session.scalar(select(Process.id).where(Process.slug == data.slug)) is not None:
         raise Conflict(f"a process with slug {data.slug!r} exists", field="slug")
@@ -69,8 +70,8 @@ async def create_process(
     )
     session.add(process)
     await session.flush()
-    if owner is not None:
-        session.add(ProcessOrganizer(process_id=process.id, organizer_id=owner.id, role="owner"))
+    if owner_id is not None:
+        session.add(ProcessOrganizer(process_id=process.id, organizer_id=owner_id, role="owner"))
         await session.flush()
     return process
 
@@ -120,14 +121,14 @@ class TimelineEntry:
 async def timeline(
     session: AsyncSession,
     process: Process,
-    member_of: set[int],
+    readable: set[int],
     window_start: datetime,
     window_end: datetime,
 ) -> list[TimelineEntry]:
     """Events (recurring ones as their occurrences) and milestones in the window, in order."""
     events = await session.scalars(
         select(Event)
-        .where(Event.process_id == process.id, events_visible(member_of))
+        .where(Event.process_id == process.id, events_visible(readable))
         .where(Event.starts_at < window_end)
     )
     entries = [
@@ -147,7 +148,7 @@ async def timeline(
     milestones = await session.scalars(
         select(Milestone).where(
             Milestone.process_id == process.id,
-            milestones_visible(member_of),
+            milestones_visible(readable),
             Milestone.due_at >= window_start,
             Milestone.due_at < window_end,
         )

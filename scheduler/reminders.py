@@ -42,6 +42,7 @@ from scheduler.models import (
     SpeakerRequest,
     Subscription,
 )
+from scheduler.permissions import ORGANIZING_ROLES
 
 DEFAULT_OFFSETS: tuple[int, ...] = (7 * 24 * 60, 24 * 60, 60)
 MAX_OFFSETS = 10
@@ -542,11 +543,16 @@ async def _process_name(session: AsyncSession, process_id: int) -> str:
 
 
 async def _organizers(session: AsyncSession, process_id: int) -> list[Organizer]:
-    """The process's organizers that have an address for reminders."""
+    """The process's organizers and owners that have an address for reminders (viewers
+    only read)."""
     rows = await session.scalars(
         select(Organizer)
         .join(ProcessOrganizer, ProcessOrganizer.organizer_id == Organizer.id)
-        .where(ProcessOrganizer.process_id == process_id, Organizer.email != "")
+        .where(
+            ProcessOrganizer.process_id == process_id,
+            ProcessOrganizer.role.in_(ORGANIZING_ROLES),
+            Organizer.email != "",
+        )
         .order_by(Organizer.id)
     )
     return list(rows)
@@ -899,11 +905,15 @@ async def sync_subscription(session: AsyncSession, sub: Subscription, now: datet
 
 
 async def sync_organizer(session: AsyncSession, organizer: Organizer, now: datetime) -> None:
-    """An organizer's reminders for the upcoming events and deadlines of their processes."""
+    """An organizer's reminders for the upcoming events and deadlines of the processes they
+    organize or own (none for those they only view)."""
     await session.flush()
     process_ids = set(
         await session.scalars(
-            select(ProcessOrganizer.process_id).where(ProcessOrganizer.organizer_id == organizer.id)
+            select(ProcessOrganizer.process_id).where(
+                ProcessOrganizer.organizer_id == organizer.id,
+                ProcessOrganizer.role.in_(ORGANIZING_ROLES),
+            )
         )
     )
     events: list[Event] = []

@@ -54,10 +54,12 @@ def test_migrate_demo_organizer_and_serve(tmp_path: Path) -> None:
     token = created.stdout.strip().splitlines()[-1]
     assert token.startswith("fs_") and " " not in token
     with sqlite3.connect(tmp_path / "cli.db") as conn:
-        stored = conn.execute("SELECT token_hash FROM organizers").fetchall()
+        stored = conn.execute("SELECT token_hash FROM api_tokens").fetchall()
+        roles = conn.execute("SELECT role FROM process_organizers").fetchall()
         events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     assert stored == [(hashlib.sha256(token.encode()).hexdigest(),)]
     assert token not in str(stored)
+    assert roles == [("organizer",)]
     assert events > 10
 
     unknown = run(tmp_path, "organizer", "create", "--name", "X", "--process", "nope")

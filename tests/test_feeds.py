@@ -634,11 +634,18 @@ async def test_one_digest_per_run_to_each_organizer_with_an_address(
     feed_id = await make_feed(db, server.url("/all.json"))
     async with db.writer.begin() as session:
         process_id = await session.scalar(select(Process.id))
-        for name, email, lang in (("Amina", "amina@example.org", "fr"), ("Ben", "", "en")):
-            organizer = Organizer(name=name, token_hash=name * 8, email=email, language=lang)
+        # Ben has no address; Chidi only views the process: neither is told.
+        for name, email, lang, role in (
+            ("Amina", "amina@example.org", "fr", "organizer"),
+            ("Ben", "", "en", "owner"),
+            ("Chidi", "chidi@example.org", "en", "viewer"),
+        ):
+            organizer = Organizer(name=name, email=email, language=lang)
             session.add(organizer)
             await session.flush()
-            session.add(ProcessOrganizer(process_id=process_id, organizer_id=organizer.id))
+            session.add(
+                ProcessOrganizer(process_id=process_id, organizer_id=organizer.id, role=role)
+            )
     run = await sync(db, settings, feed_id)
     server.set_records([pledge(1)])
     second = await sync(db, settings, feed_id)

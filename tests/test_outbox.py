@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from scheduler import manage_links, outbox
 from scheduler.api_notifications import NotificationController
-from scheduler.auth import provide_organizer
+from scheduler.auth import provide_caller
 from scheduler.clock import Clock
 from scheduler.database import Database, open_database
 from scheduler.errors import EXCEPTION_HANDLERS
@@ -622,7 +622,7 @@ def notifications_app(settings: Settings) -> Litestar:
         route_handlers=[NotificationController],
         dependencies={
             "db": Provide(lambda: db, sync_to_thread=False),
-            "organizer": Provide(provide_organizer),
+            "caller": Provide(provide_caller),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         on_shutdown=[db.dispose],
