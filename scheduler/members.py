@@ -42,7 +42,7 @@ async def members(
         .where(ProcessOrganizer.process_id == process_id)
         .order_by(Organizer.id)
     )
-    return [(m, o) for m, o in rows.tuples()]
+    return [(m, o) for m, o in rows.all()]
 
 
 async def add(

@@ -24,6 +24,7 @@ from scheduler.app import create_app
 from scheduler.database import open_database
 from scheduler.models import Base
 from scheduler.organizers import create_organizer
+from scheduler.permissions import Role
 from scheduler.schema import migrate
 from scheduler.settings import Settings
 
@@ -123,13 +124,26 @@ class Api:
     async def new_token(
         self, name: str = "Other secretariat", slugs: list[str] | None = None
     ) -> str:
+        _, token = await self.new_organizer(name, slugs)
+        return token
+
+    async def new_organizer(
+        self,
+        name: str,
+        slugs: list[str] | None = None,
+        role: Role = "organizer",
+        email: str = "",
+    ) -> tuple[int, str]:
+        """A new organizer with ``role`` in each process named: their id and first token."""
         db = open_database(self.settings)
         try:
             async with db.writer.begin() as session:
-                _, token = await create_organizer(session, name, slugs or [])
+                organizer, token = await create_organizer(
+                    session, name, slugs or [], role=role, email=email
+                )
         finally:
             await db.dispose()
-        return token
+        return organizer.id, token
 
 
 @pytest.fixture
