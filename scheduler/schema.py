@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,44 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    await _run(engine, lambda sync: command.upgrade(alembic_config(sync), revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Back to ``revision``: an operator undoing an upgrade, and the migration tests."""
+    await _run(engine, lambda sync: command.downgrade(alembic_config(sync), revision))
+
+
+async def _run(engine: AsyncEngine, step: Callable[[Connection], None]) -> None:
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as conn:
+            await conn.run_sync(_without_foreign_keys, step)
+        return
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Nodes starting together: one migrates, the others wait, then find nothing to do.
             await conn.execute(select(func.pg_advisory_xact_lock(lock_key("migrate"))))
-        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+        await conn.run_sync(step)
+
+
+def _without_foreign_keys(conn: Connection, step: Callable[[Connection], None]) -> None:
+    """SQLite changes a table by rebuilding it (Alembic's batch mode), and dropping the old
+    copy while foreign keys are enforced cascades: every row referring to it would be
+    deleted or nulled. Enforcement is off for the migration (SQLite allows that only
+    outside a transaction), the keys are checked before the commit, and it is on again."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    cursor.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with conn.begin():
+            step(conn)
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration left rows without their parent: {broken[:5]}")
+    finally:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
 
 
 async def pending_model_changes(engine: AsyncEngine) -> list[Any]:

@@ -136,3 +136,32 @@ def test_organizer_create_with_an_email_for_reminders(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "cli.db") as conn:
         rows = conn.execute("SELECT name, email FROM organizers").fetchall()
     assert rows == [("Focal point", "focal@example.org")]
+
+
+def test_organizer_create_with_a_role(tmp_path: Path) -> None:
+    assert run(tmp_path, "migrate").returncode == 0
+    assert run(tmp_path, "demo").returncode == 0
+    owner = run(
+        tmp_path, "organizer", "create", "--name", "Secretariat", "--process", "gcm",
+        "--role", "owner",
+    )  # fmt: skip
+    assert owner.returncode == 0, owner.stderr
+    assert "owner of gcm" in owner.stdout
+    assert owner.stdout.strip().splitlines()[-1].startswith("fs_")
+    reader = run(
+        tmp_path, "organizer", "create", "--name", "Observer", "--process", "gcm",
+        "--role", "viewer",
+    )  # fmt: skip
+    assert reader.returncode == 0, reader.stderr
+    bad = run(tmp_path, "organizer", "create", "--name", "X", "--process", "gcm", "--role", "boss")
+    assert bad.returncode == 2 and "--role" in bad.stderr
+    alone = run(tmp_path, "organizer", "create", "--name", "X", "--role", "viewer")
+    assert alone.returncode == 2 and "--role needs at least one --process" in alone.stderr
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        roles = conn.execute(
+            "SELECT o.name, m.role FROM process_organizers m "
+            "JOIN organizers o ON o.id = m.organizer_id ORDER BY o.id"
+        ).fetchall()
+        tokens = conn.execute("SELECT count(*) FROM api_tokens").fetchone()[0]
+    assert roles == [("Secretariat", "owner"), ("Observer", "viewer")]
+    assert tokens == 2

@@ -89,8 +89,12 @@ def test_every_operation_answers_as_documented(live_api: tuple[str, dict[str, st
     api = schemathesis.openapi.from_url(f"{base}/schema/openapi.json")
     failures: list[str] = []
     operations = 0
-    for result in api.get_all_operations():
-        operation = result.ok()
+    # Revoking a token may revoke the fuzzer's own, after which only 401s come back: last.
+    every = sorted(
+        (result.ok() for result in api.get_all_operations()),
+        key=lambda op: op.method.upper() == "DELETE" and op.path.startswith("/api/tokens/"),
+    )
+    for operation in every:
         operations += 1
         runs = [
             (GenerationMode.POSITIVE, EXAMPLES, CHECKS),
