@@ -503,7 +503,7 @@ class RegistrationController(Controller):
 
     @get(
         "/api/events/{event_id:int}/registrations",
-        summary="List and filter an event's registrations (organizers)",
+        summary="List and filter an event's registrations (members)",
         responses=documented(400, 401, 403, 404),
     )
     async def list_registrations(
@@ -533,7 +533,7 @@ class RegistrationController(Controller):
 
     @get(
         "/api/events/{event_id:int}/registrations.csv",
-        summary="Export an event's registrations as CSV (organizers)",
+        summary="Export an event's registrations as CSV (members)",
         media_type="text/csv; charset=utf-8",
         responses=documented(401, 403, 404),
     )
@@ -565,7 +565,7 @@ class RegistrationController(Controller):
 
     @get(
         "/api/events/{event_id:int}/registrations/stats",
-        summary="Counts by status, constituency, region and country (organizers)",
+        summary="Counts by status, constituency, region and country (members)",
         responses=documented(401, 403, 404),
     )
     async def stats(
@@ -600,7 +600,7 @@ class RegistrationController(Controller):
 
     @get(
         "/api/events/{event_id:int}/waiting-list",
-        summary="The waiting list in order (organizers)",
+        summary="The waiting list in order (members)",
         responses=documented(401, 403, 404),
     )
     async def waiting_list(

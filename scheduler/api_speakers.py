@@ -214,7 +214,7 @@ class SpeakerController(Controller):
 
     @get(
         "/api/events/{event_id:int}/speaker-requests",
-        summary="List an event's requests to speak (organizers)",
+        summary="List an event's requests to speak (members)",
         description="In request order (first come, first served).",
         responses=documented(400, 401, 403, 404),
     )
