@@ -36,6 +36,7 @@ import pytest
 from scheduler.database import open_database
 from scheduler.manage_links import load_secret, sign
 from scheduler.models import Registration
+from scheduler.permissions import Caller, effective, rank
 from scheduler.settings import Settings
 from tests.conftest import Api, base_settings
 from tests.feed_server import FeedServer, pledge
@@ -407,6 +408,29 @@ def test_the_table_is_consistent() -> None:
         assert rule.probe is None or rule.access == "signed_in", (
             f"{where}: probe is for signed_in()"
         )
+
+
+def test_what_a_token_acts_as() -> None:
+    """The pure rule under require_role: the member's role, narrowed by the token."""
+    full = Caller(organizer_id=1, name="x", token_id=1)
+    scoped = Caller(organizer_id=1, name="x", token_id=2, scope=7)
+    read_only = Caller(organizer_id=1, name="x", token_id=3, read_only=True)
+    both = Caller(organizer_id=1, name="x", token_id=4, scope=7, read_only=True)
+    cases = [
+        (full, 7, "owner", "owner"),
+        (full, 7, "viewer", "viewer"),
+        (full, 7, None, None),
+        (full, 7, "admin", None),  # an unknown stored value grants nothing
+        (scoped, 7, "organizer", "organizer"),
+        (scoped, 8, "owner", None),
+        (read_only, 7, "owner", "viewer"),
+        (read_only, 7, None, None),
+        (both, 7, "owner", "viewer"),
+        (both, 8, "owner", None),
+    ]
+    for caller, process_id, member, acting in cases:
+        assert effective(caller, process_id, member) == acting, (caller, process_id, member)
+    assert [rank(r) for r in (None, "viewer", "organizer", "owner")] == [0, 1, 2, 3]
 
 
 # --- The sweep ----------------------------------------------------------------------------
