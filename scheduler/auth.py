@@ -8,6 +8,7 @@ from litestar import Request
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException
 
+from scheduler import audit
 from scheduler.database import Database
 from scheduler.models import Organizer
 from scheduler.organizers import organizer_for_token, process_ids_of
@@ -31,6 +32,7 @@ async def provide_organizer(
         organizer = await organizer_for_token(session, token.strip())
     if organizer is None:
         raise NotAuthorizedException(detail="Authorization: unknown token", headers=_CHALLENGE)
+    audit.identify(organizer)
     return organizer
 
 

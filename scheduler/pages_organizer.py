@@ -32,7 +32,7 @@ from msgspec import UNSET
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import charts, i18n
+from scheduler import audit, charts, i18n
 from scheduler import events as event_svc
 from scheduler import registrations as svc
 from scheduler import speakers as speaker_svc
@@ -147,6 +147,7 @@ async def signed_in(request: AnyRequest, db: Database) -> Organizer | None:
         organizer = await session.get(Organizer, organizer_id)
     if organizer is None or data.get("fp") != _fingerprint(organizer):
         return None
+    audit.identify(organizer)
     return organizer
 
 
