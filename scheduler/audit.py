@@ -353,7 +353,8 @@ def collect(session: Session, _flush_context: Any) -> None:
                 (name, plain(values[name])) for name in spec.fields if values.get(name) is not None
             )
             continue
-        change.deleted = how == "deleted"
+        if how == "deleted":
+            change.deleted = True
         for name in spec.fields:
             if how == "deleted":
                 old, new = committed.get(name, values.get(name, _MISSING)), _MISSING
@@ -400,7 +401,7 @@ def record(
     )
 
 
-def _action(change: _Change, before: dict[str, Any], after: dict[str, Any]) -> str:
+def _action(change: _Change, after: dict[str, Any]) -> str:
     entity = change.spec.entity
     if change.created:
         return f"{entity}.created"
@@ -462,7 +463,7 @@ def write(session: Session) -> None:
         rows.append(
             _row(at, item.actor, item.request_id, process_id)
             | {
-                "action": _action(item, before, after),
+                "action": _action(item, after),
                 "entity_type": item.spec.entity,
                 "entity_id": item.entity_id,
                 "before": _shown(item.spec, before),
@@ -487,7 +488,8 @@ def _row(
 
 
 def forget(session: Session, _previous_transaction: Any = None) -> None:
-    """``after_soft_rollback`` hook: a transaction rolled back leaves no entries."""
+    """``after_soft_rollback`` hook: a transaction rolled back leaves no entries. (Nothing
+    here uses savepoints; rolling one back would drop the whole transaction's entries.)"""
     session.info.pop(_PENDING, None)
 
 

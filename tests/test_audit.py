@@ -32,6 +32,7 @@ from scheduler.models import AuditEntry, Feed, Process, Registration, utc_now
 from scheduler.pledge_feed import FeedRunner
 from scheduler.registrations import expire_holds
 from scheduler.settings import Settings
+from tests import test_api_speakers as speakers
 from tests.conftest import Api, base_settings
 from tests.feed_server import FeedServer, pledge
 from tests.test_api_milestones import make_milestone
@@ -573,6 +574,62 @@ async def test_erasure_never_needs_the_trail_and_the_trail_holds_no_personal_dat
         secret_answer.lower(),
     ):
         assert personal not in dump, personal
+
+
+async def test_speaker_decisions_are_the_organizers_and_closing_up_is_the_rules(
+    api: Api,
+) -> None:
+    event_id = await speakers.make_event(api, await make_process(api))
+    tokens, requests = [], []
+    for n in range(1, 4):
+        _, token = await speakers.register(api, event_id, n)
+        tokens.append(token)
+        requests.append(await speakers.ask(api, token, f"Remittance corridors {n}"))
+    assert await trail(api, entity_type="speaker_request") == []
+    r = await api.client.post(
+        f"/api/events/{event_id}/speakers/select",
+        json={"count": 3, "slot_minutes": 10},
+        headers=api.auth,
+    )
+    assert r.status_code == 200, r.text
+    selected = await trail(api, entity_type="speaker_request")
+    assert sorted(e["entity_id"] for e in selected) == requests
+    assert {(e["action"], e["actor_kind"]) for e in selected} == {
+        ("speaker_request.status_changed", "organizer")
+    }
+    assert all(e["after"]["status"] == "selected" for e in selected)
+
+    # The first withdraws (their own change: not recorded); the others close up.
+    r = await api.client.delete(
+        f"/api/registrations/{tokens[0]}/speaker-request", headers={"X-Request-ID": "withdraw"}
+    )
+    assert r.status_code in (200, 204), r.text
+    r = await api.client.post(
+        f"/api/events/{event_id}/speaker-requests/{requests[1]}/decline",
+        json={"reason": "Time"},
+        headers={**api.auth, "X-Request-ID": "decline"},
+    )
+    assert r.status_code == 200, r.text
+    later = await trail(api, entity_type="speaker_request")
+
+    def by(request_id: str) -> set[tuple[int, str, str, str]]:
+        return {
+            (e["entity_id"], e["actor_label"], e["action"], json.dumps([e["before"], e["after"]]))
+            for e in later
+            if e["request_id"] == request_id
+        }
+
+    closing_up = "speaker_request.updated"
+    assert by("withdraw") == {
+        (requests[1], "speaker-order", closing_up, json.dumps([{"position": 2}, {"position": 1}])),
+        (requests[2], "speaker-order", closing_up, json.dumps([{"position": 3}, {"position": 2}])),
+    }
+    declined = {(e[0], e[1], e[2]) for e in by("decline")}
+    assert declined == {
+        (requests[1], "Secretariat", "speaker_request.status_changed"),
+        (requests[2], "speaker-order", closing_up),
+    }
+    assert "remittance" not in json.dumps([(e.before, e.after) for e in await all_rows(api)])
 
 
 # --- Feed runs ----------------------------------------------------------------------------
