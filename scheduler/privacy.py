@@ -228,7 +228,7 @@ async def anonymise_registrations(
         for reg_id, process_id in await session.execute(
             select(Registration.id, Registration.process_id).where(Registration.id.in_(chunk))
         ):
-            _record_erased(session, "registration", reg_id, process_id, _REGISTRATION_FIELDS)
+            _record_erased(session, "registration", reg_id, process_id, _REGISTRATION_FIELDS, now)
         for req_id, process_id in await session.execute(
             select(SpeakerRequest.id, Registration.process_id)
             .join(Registration, Registration.id == SpeakerRequest.registration_id)
@@ -269,17 +269,24 @@ _SUBSCRIPTION_FIELDS = ("email", "name")
 
 
 def _record_erased(
-    session: AsyncSession, entity: str, entity_id: int, process_id: int, fields: tuple[str, ...]
+    session: AsyncSession,
+    entity: str,
+    entity_id: int,
+    process_id: int,
+    fields: tuple[str, ...],
+    erased_at: datetime | None = None,
 ) -> None:
-    hidden = dict.fromkeys(fields, audit.REDACTED)
+    """An entry saying these fields were erased, without what they held."""
+    hidden: dict[str, object] = dict.fromkeys(fields, audit.REDACTED)
+    stamp = {} if erased_at is None else {"erased_at": erased_at}
     audit.record(
         session,
         action=f"{entity}.erased",
         entity_type=entity,
         entity_id=entity_id,
         process_id=process_id,
-        before=hidden,
-        after=hidden,
+        before=hidden | dict.fromkeys(stamp),
+        after=hidden | stamp,
     )
 
 

@@ -556,8 +556,10 @@ async def test_erasure_never_needs_the_trail_and_the_trail_holds_no_personal_dat
     assert [(e.id, e.before, e.after) for e in rows_after[: len(rows_before)]] == rows_before
     erased = only(await trail(api), "registration.erased", first["id"])
     assert erased["actor_kind"] == "organizer"
-    assert set(erased["after"]) == {"name", "email", "organisation", "answers", "token_nonce"}
-    assert set(erased["after"].values()) == {"[redacted]"}
+    hidden = {"name", "email", "organisation", "answers", "token_nonce"}
+    assert set(erased["after"]) == hidden | {"erased_at"}
+    assert {erased["after"][k] for k in hidden} == {"[redacted]"}
+    assert erased["before"]["erased_at"] is None and erased["after"]["erased_at"].endswith("Z")
     promoted = only(await trail(api), "registration.status_changed", second["id"])
     assert promoted["actor_label"] == "waiting-list"
 
