@@ -7,10 +7,11 @@ waiting-list promotion, names itself for its own changes (``acting_as``). A sess
 ``info[ACTOR]`` wins over all of these.
 
 What. A listener on every flush of a ``TrackedSession`` diffs the audited models
-(``AUDITED``) from SQLAlchemy's attribute history and keeps the net change of each row per
-transaction; just before the commit the entries are inserted in the same transaction, so a
-rolled-back change leaves none and a failed insert fails the change. Core statements the
-flush never sees (anonymising registrations in bulk, a feed run's pledges) call ``record``.
+(``AUDITED``) against each changed attribute's committed value and keeps the net change of
+each row per transaction; just before the commit the entries are inserted in the same
+transaction, so a rolled-back change leaves none and a failed insert fails the change.
+Core statements the flush never sees (anonymising registrations in bulk, a feed run's
+pledges) call ``record``.
 
 Not recorded: what the public does to its own registrations, speaker requests and
 subscriptions (the trail is about the secretariat and its jobs; what the system then does
@@ -105,12 +106,13 @@ class Ambient:
 
 
 _ambient: ContextVar[Ambient | None] = ContextVar("scheduler_audit_ambient", default=None)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @contextmanager
 def acting(actor: Actor, request_id: str | None = None) -> Iterator[Ambient]:
-    """Everything written in this block (and in tasks started from it) is by ``actor``."""
+    """Everything written in this block (and in tasks started from it, while it lasts) is
+    by ``actor``."""
     ambient = Ambient(actor, request_id)
     token = _ambient.set(ambient)
     try:
@@ -148,7 +150,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         text = given.decode("latin-1")
-        request_id = text if _REQUEST_ID.match(text) else uuid.uuid4().hex
+        request_id = text if _REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
