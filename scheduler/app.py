@@ -18,7 +18,8 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from scheduler import __version__, job_locks, logs, metrics, retention
+from scheduler import __version__, audit, job_locks, logs, metrics, retention
+from scheduler.api_audit import AuditController
 from scheduler.api_calendars import CalendarController
 from scheduler.api_events import EventController
 from scheduler.api_feeds import FeedController
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> Litestar:
 
     async def release_expired_holds() -> None:
         async with db.writer.begin() as session:
+            audit.act_as(session, audit.EXPIRE_HOLDS)
             if not await job_locks.run_alone(session, "expire-holds"):
                 return  # another node is releasing them right now
             released = await expire_holds(session, utc_now(), hold)
@@ -201,9 +203,10 @@ def create_app(settings: Settings) -> Litestar:
             SubscriptionController,
             SubscriptionPages,
             PrivacyController,
+            AuditController,
             *([metrics.metrics_page] if settings.metrics_enabled else []),
         ],
-        middleware=[metrics.http_metrics],
+        middleware=[audit.request_context, metrics.http_metrics],
         # Ids past 32 bits and NUL characters in the URL are refused before any handler runs.
         guards=[check_parameters],
         before_send=[add_security_headers(settings.public_base_url)],

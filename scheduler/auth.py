@@ -11,7 +11,7 @@ from typing import Any
 from litestar import Request
 from litestar.di import NamedDependency
 
-from scheduler import tokens
+from scheduler import audit, tokens
 from scheduler.database import Database
 from scheduler.errors import Unauthorized
 from scheduler.models import ApiToken, utc_now
@@ -36,6 +36,7 @@ async def provide_caller(
     if token.revoked_at is not None:
         raise Unauthorized("Authorization: this token was revoked")
     await note_use(db, token, utc_now())
+    audit.identify(organizer)
     return tokens.caller_of(token, organizer)
 
 

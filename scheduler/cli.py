@@ -1,4 +1,5 @@
-"""The `scheduler` command: serve, migrate, organizer create, demo, feeds sync, copy-database."""
+"""The `scheduler` command: serve, migrate, organizer create, demo, feeds sync, audit export,
+copy-database. Changes made by a command are the CLI's in the audit trail."""
 
 from __future__ import annotations
 
@@ -57,6 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sync", help="sync a feed now, whatever its schedule, with a progress line"
     )
     sync.add_argument("name", nargs="?", help="the feed's name (default: every enabled feed)")
+    trail = commands.add_parser("audit", help="the audit trail")
+    trail_commands = trail.add_subparsers(dest="audit_command", required=True)
+    export = trail_commands.add_parser(
+        "export", help="write the audit trail to standard output, newest first"
+    )
+    export.add_argument(
+        "--process", metavar="SLUG", help="only this process's entries (default: every entry)"
+    )
+    export.add_argument("--format", choices=("csv", "ndjson"), default="csv")
     copy = commands.add_parser(
         "copy-database",
         help="copy every row of the configured database into an empty one (SQLite to PostgreSQL)",
@@ -80,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_demo(settings))
     if args.command == "feeds":
         return asyncio.run(_sync_feeds(settings, args.name))
+    if args.command == "audit":
+        return asyncio.run(_export_audit(settings, args.process, args.format, sys.stdout))
     if args.command == "copy-database":
         return asyncio.run(_copy_database(settings, args.to))
     if not args.name.strip():
@@ -159,6 +171,7 @@ async def _copy_database(settings: Settings, to: str) -> int:
 
 
 async def _demo(settings: Settings) -> int:
+    from scheduler import audit
     from scheduler.cycle_templates import load_templates
     from scheduler.database import open_database
     from scheduler.demo import load_demo
@@ -166,6 +179,7 @@ async def _demo(settings: Settings) -> int:
     db = open_database(settings)
     try:
         async with db.writer.begin() as session:
+            audit.act_as(session, audit.CLI)
             process = await load_demo(session, load_templates(settings.templates_dir))
     finally:
         await db.dispose()
@@ -179,6 +193,7 @@ async def _demo(settings: Settings) -> int:
 async def _create_organizer(
     settings: Settings, name: str, slugs: list[str], email: str, role: Role
 ) -> int:
+    from scheduler import audit
     from scheduler.database import open_database
     from scheduler.errors import NotFound
     from scheduler.organizers import create_organizer
@@ -186,6 +201,7 @@ async def _create_organizer(
     db = open_database(settings)
     try:
         async with db.writer.begin() as session:
+            audit.act_as(session, audit.CLI)
             organizer, token = await create_organizer(session, name, slugs, email=email, role=role)
     except NotFound as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
@@ -202,6 +218,7 @@ async def _sync_feeds(settings: Settings, name: str | None) -> int:
     """Run feeds by hand; 1 if any run failed. Digest mails wait in the outbox for the server."""
     from sqlalchemy import select
 
+    from scheduler import audit
     from scheduler.database import open_database
     from scheduler.feeds import Busy
     from scheduler.models import Feed
@@ -227,7 +244,8 @@ async def _sync_feeds(settings: Settings, name: str | None) -> int:
         for feed_id, feed_name in chosen:
             line = _ProgressLine(sys.stderr)
             try:
-                run = await runner.run(feed_id, manual=True, on_progress=line.show)
+                with audit.acting(audit.CLI):
+                    run = await runner.run(feed_id, manual=True, on_progress=line.show)
             except Busy:
                 line.clear()
                 print(f"feed {feed_name}: being synced elsewhere right now; skipped")
@@ -249,6 +267,33 @@ async def _sync_feeds(settings: Settings, name: str | None) -> int:
                     + (f" ({run.error})" if run.error else "")
                 )
         return 1 if failed else 0
+    finally:
+        await db.dispose()
+
+
+async def _export_audit(settings: Settings, slug: str | None, fmt: str, out: TextIO) -> int:
+    """Every entry (or one process's), newest first; 2 for an unknown process."""
+    from sqlalchemy import select
+
+    from scheduler import audit
+    from scheduler.api_audit import export_chunks
+    from scheduler.database import open_database
+    from scheduler.models import Process
+
+    db = open_database(settings)
+    try:
+        selection = audit.Selection()
+        if slug is not None:
+            async with db.reader() as session:
+                process_id = await session.scalar(select(Process.id).where(Process.slug == slug))
+            if process_id is None:
+                print(f"scheduler: no process with slug {slug!r}", file=sys.stderr)
+                return 2
+            selection = audit.Selection(process_ids=frozenset({process_id}))
+        async for chunk in export_chunks(db, selection, "ndjson" if fmt == "ndjson" else "csv"):
+            out.buffer.write(chunk)
+        out.flush()
+        return 0
     finally:
         await db.dispose()
 

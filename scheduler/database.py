@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from scheduler import audit
 from scheduler.calendar_cache import bump_on_calendar_change
 from scheduler.settings import PROJECT_ROOT, Settings
 
@@ -81,10 +82,14 @@ def open_database(settings: Settings) -> Database:
 
 
 class TrackedSession(Session):
-    """A session whose flushes keep the calendar change counter current."""
+    """A session whose flushes keep the calendar change counter current and whose commits
+    carry their audit entries (``audit``)."""
 
 
 event.listen(TrackedSession, "before_flush", bump_on_calendar_change)
+event.listen(TrackedSession, "after_flush", audit.collect)
+event.listen(TrackedSession, "before_commit", audit.write)
+event.listen(TrackedSession, "after_soft_rollback", audit.forget)
 
 
 def _sqlite_engine(url: URL, settings: Settings, *, pool_size: int, writer: bool) -> AsyncEngine:

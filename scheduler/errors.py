@@ -120,8 +120,18 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
     the JSON error text/csv)."""
     body: dict[str, object] = {"status_code": 400, "detail": exc.detail}
     if exc.extra:
-        body["extra"] = exc.extra
+        body["extra"] = [_public_key(item) for item in exc.extra]
     return Response(body, status_code=400, media_type=MediaType.JSON, headers=exc.headers)
+
+
+def _public_key(item: Any) -> Any:
+    """A query parameter by the name the client sends (``from``), not its Python alias
+    (``from_``)."""
+    if isinstance(item, dict) and item.get("source") == "query":
+        key = item.get("key")
+        if isinstance(key, str) and key.endswith("_"):
+            return {**item, "key": key.rstrip("_")}
+    return item
 
 
 def integrity_handler(_: Request[Any, Any, Any], exc: IntegrityError) -> Response[object]:

@@ -1,7 +1,8 @@
 """Log output: plain lines for a terminal, or one JSON object per line for a log collector.
 
 ``log_format = "json"`` makes every record, the server's own included, a single line that
-journald, Loki or Elasticsearch can take apart without a parsing rule.
+journald, Loki or Elasticsearch can take apart without a parsing rule. A line written while
+a request is handled carries its ``request_id``, as do the request's audit entries.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from scheduler.audit import current_request_id
 
 TEXT_FORMAT = "%(levelname)s %(name)s %(message)s"
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -31,6 +34,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = current_request_id()
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _IGNORED and not key.startswith("_") and key not in entry:
                 entry[key] = value

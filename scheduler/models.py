@@ -576,3 +576,31 @@ class QuarantinedRecord(Base):
     reason: Mapped[str] = mapped_column(String(1000))
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class AuditEntry(Base):
+    """One change by an organizer or a system job (``audit``). Rows are only ever added:
+    triggers refuse UPDATE and DELETE, and no foreign key ties them to what they name, so
+    an entry outlives the process, event or organizer it is about."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_process", "process_id", "id"),
+        Index("ix_audit_log_entity", "entity_type", "entity_id", "id"),
+        Index("ix_audit_log_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime]
+    # organizer or system; the organizer's id, and a label: their name, or the job's.
+    actor_kind: Mapped[str] = mapped_column(String(20))
+    actor_id: Mapped[int | None]
+    actor_label: Mapped[str] = mapped_column(String(200))
+    process_id: Mapped[int | None]
+    action: Mapped[str] = mapped_column(String(60))
+    entity_type: Mapped[str] = mapped_column(String(40))
+    entity_id: Mapped[int]
+    # Only the fields that changed; personal data and secrets as "[redacted]".
+    before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    request_id: Mapped[str | None] = mapped_column(String(64))

@@ -35,7 +35,7 @@ from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import manage_links, metrics, reminder_checks
+from scheduler import audit, manage_links, metrics, reminder_checks
 from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.mail import DeliveryError, MailSender
@@ -242,7 +242,7 @@ class OutboxWorker:
         if not self.settings.mail_enabled or self._task is not None:
             return
         self._stopping = False
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="outbox")
+        self._task = asyncio.get_running_loop().create_task(self._sweeping(), name="outbox")
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Let the current pass finish (rows cut off keep their lease), then close the sender."""
@@ -277,6 +277,12 @@ class OutboxWorker:
     async def run_once(self, now: datetime) -> int:
         """One pass at ``now``, sent and recorded; the number of messages delivered."""
         return await self._send(await self._take(now))
+
+    async def _sweeping(self) -> None:
+        # The loop writes only messages (not in the audit trail); anything else it ever
+        # changed would be the reminder sweep's.
+        with audit.acting(audit.REMINDER_SWEEP):
+            await self._loop()
 
     async def _loop(self) -> None:
         size = self.settings.mail_batch_size

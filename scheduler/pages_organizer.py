@@ -34,7 +34,7 @@ from msgspec import UNSET
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import charts, i18n, tokens
+from scheduler import audit, charts, i18n, tokens
 from scheduler import events as event_svc
 from scheduler import registrations as svc
 from scheduler import speakers as speaker_svc
@@ -161,6 +161,7 @@ async def signed_in(request: AnyRequest, db: Database) -> Caller | None:
     if token.revoked_at is not None or data.get("fp") != _fingerprint(token):
         return None
     await note_use(db, token, utc_now())
+    audit.identify(organizer)
     return tokens.caller_of(token, organizer)
 
 

@@ -27,8 +27,9 @@ from typing import Any, cast
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import __version__, metrics
+from scheduler import __version__, audit, metrics
 from scheduler import feeds as feed_rules
 from scheduler.clock import Clock
 from scheduler.database import Database
@@ -809,8 +810,18 @@ class FeedRunner:
         """One run of one feed; None when it was not this node's to run (scheduled runs).
 
         By hand (``manual``) the feed runs whether due or enabled, but never twice at
-        once: NotFound for an unknown feed, Busy while another run holds the lease.
+        once: NotFound for an unknown feed, Busy while another run holds the lease. A run
+        by hand is the caller's (an organizer's request, the CLI) in the audit trail; one on
+        the schedule is feed-sync's.
         """
+        if manual:
+            return await self._run(feed_id, manual, on_progress)
+        with audit.acting(audit.FEED_SYNC):
+            return await self._run(feed_id, manual, on_progress)
+
+    async def _run(
+        self, feed_id: int, manual: bool, on_progress: ProgressFn | None
+    ) -> FeedRun | None:
         s = self.settings
         now = utc_now()
         async with self.db.writer.begin() as session:
@@ -943,6 +954,7 @@ class FeedRunner:
                 session, target.id, lease.until, finished, validators=validators
             )
             await prune_runs(session, target.id, self.settings.feeds_keep_runs)
+            record_run(session, target, run)
             if counts.changed:
                 digests = await enqueue_digest(
                     session, target, run, counts, self.settings.public_base_url
@@ -976,6 +988,7 @@ class FeedRunner:
                 session, claim.target.id, lease.until, finished, not_before=not_before
             )
             await prune_runs(session, claim.target.id, self.settings.feeds_keep_runs)
+            record_run(session, claim.target, run)
         metrics.feed_runs.inc(outcome=run.outcome)
         return run
 
@@ -1055,6 +1068,28 @@ class FeedRunner:
             await self.feed_changed(feed_id)
         except Exception:
             log.exception("feed %s: cannot plan the next run", feed_id)
+
+
+def record_run(session: AsyncSession, target: FeedTarget, run: FeedRun) -> None:
+    """One audit entry per run: its pledges are too many to list (the counts say it all)."""
+    audit.record(
+        session,
+        action="feed.run",
+        entity_type="feed",
+        entity_id=target.id,
+        process_id=target.process_id,
+        after={
+            "run_id": run.id,
+            "outcome": run.outcome,
+            "http_status": run.http_status,
+            "new": run.new,
+            "updated": run.updated,
+            "unchanged": run.unchanged,
+            "withdrawn": run.withdrawn,
+            "quarantined": run.quarantined,
+            "error": run.error[:500],
+        },
+    )
 
 
 def _due_time(next_run_at: datetime, lease_until: datetime | None, now: datetime) -> datetime:

@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from scheduler import audit
 from scheduler import registrations as registration_svc
 from scheduler.api_notifications import visible_query
 from scheduler.manage_links import new_nonce
@@ -177,6 +178,8 @@ async def erase(
             .execution_options(synchronize_session=False)
         )
         await session.execute(delete(Subscription).where(Subscription.id.in_(chunk)))
+    for sub in found.subscriptions:
+        _record_erased(session, "subscription", sub.id, sub.process_id, _SUBSCRIPTION_FIELDS)
     await session.flush()
     return Erasure(
         registrations_anonymised=len(reg_ids),
@@ -220,6 +223,18 @@ async def anonymise_registrations(
     """
     placeholder = literal("erased-") + cast(Registration.id, String) + f"@{ERASED_DOMAIN}"
     for chunk in _chunks(list(registration_ids)):
+        # The trail says what was erased, never what it said (the Core updates below are
+        # invisible to the flush, hence the entries written here).
+        for reg_id, process_id in await session.execute(
+            select(Registration.id, Registration.process_id).where(Registration.id.in_(chunk))
+        ):
+            _record_erased(session, "registration", reg_id, process_id, _REGISTRATION_FIELDS, now)
+        for req_id, process_id in await session.execute(
+            select(SpeakerRequest.id, Registration.process_id)
+            .join(Registration, Registration.id == SpeakerRequest.registration_id)
+            .where(SpeakerRequest.registration_id.in_(chunk))
+        ):
+            _record_erased(session, "speaker_request", req_id, process_id, _SPEAKER_FIELDS)
         await session.execute(
             update(Registration)
             .where(Registration.id.in_(chunk))
@@ -246,6 +261,33 @@ async def anonymise_registrations(
     for obj in list(session.identity_map.values()):
         if isinstance(obj, Registration | SpeakerRequest | Notification):
             session.expire(obj)
+
+
+_REGISTRATION_FIELDS = ("name", "email", "organisation", "answers", "token_nonce")
+_SPEAKER_FIELDS = ("topic", "summary")
+_SUBSCRIPTION_FIELDS = ("email", "name")
+
+
+def _record_erased(
+    session: AsyncSession,
+    entity: str,
+    entity_id: int,
+    process_id: int,
+    fields: tuple[str, ...],
+    erased_at: datetime | None = None,
+) -> None:
+    """An entry saying these fields were erased, without what they held."""
+    hidden: dict[str, object] = dict.fromkeys(fields, audit.REDACTED)
+    stamp = {} if erased_at is None else {"erased_at": erased_at}
+    audit.record(
+        session,
+        action=f"{entity}.erased",
+        entity_type=entity,
+        entity_id=entity_id,
+        process_id=process_id,
+        before=hidden | dict.fromkeys(stamp),
+        after=hidden | stamp,
+    )
 
 
 async def anonymise_ended(

@@ -20,8 +20,8 @@ from msgspec import UNSET, Meta, UnsetType
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from scheduler import audit, outbox, reminders
 from scheduler import fields as f
-from scheduler import outbox, reminders
 from scheduler.capacity import SeatCount, hold_until, place, registration_open, to_promote
 from scheduler.errors import Conflict, Invalid, NotFound
 from scheduler.manage_links import new_nonce
@@ -470,7 +470,17 @@ async def seat_count(session: AsyncSession, event: Event) -> SeatCount:
 async def promote_waiting(
     session: AsyncSession, event: Event, now: datetime, hold: timedelta
 ) -> list[Registration]:
-    """Give freed seats to the first people waiting, and tell them. Caller holds the lock."""
+    """Give freed seats to the first people waiting, and tell them. Caller holds the lock.
+
+    The waiting-list rule does this, whoever freed the seat: the trail says so.
+    """
+    async with audit.acting_as(session, audit.WAITING_LIST):
+        return await _promote(session, event, now, hold)
+
+
+async def _promote(
+    session: AsyncSession, event: Event, now: datetime, hold: timedelta
+) -> list[Registration]:
     waiting = list(
         await session.scalars(
             select(Registration)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
-from sqlalchemy import delete
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
@@ -96,21 +96,38 @@ async def effective(session: AsyncSession, process_id: int) -> list[Effective]:
 async def replace(
     session: AsyncSession, process_id: int, data: PoliciesIn, now: datetime
 ) -> list[Effective]:
-    """Store these policies (kinds left out go back to the defaults) and re-plan."""
+    """Store these policies (kinds left out go back to the defaults) and re-plan.
+
+    Rows are changed in place, not replaced, so the audit trail shows what changed.
+    """
     policies = checked(data)
     if await session.get(Process, process_id) is None:
         raise NotFound(f"no process {process_id}")
-    await session.execute(delete(ReminderPolicy).where(ReminderPolicy.process_id == process_id))
-    for kind, policy in policies.items():
-        session.add(
-            ReminderPolicy(
-                process_id=process_id,
-                kind=kind,
-                offsets=list(policy.offsets),
-                audiences=list(policy.audiences),
-                updated_at=now,
-            )
+    stored = {
+        row.kind: row
+        for row in await session.scalars(
+            select(ReminderPolicy).where(ReminderPolicy.process_id == process_id)
         )
+    }
+    for kind, gone in stored.items():
+        if kind not in policies:
+            await session.delete(gone)
+    for kind, policy in policies.items():
+        row = stored.get(kind)
+        if row is None:
+            session.add(
+                ReminderPolicy(
+                    process_id=process_id,
+                    kind=kind,
+                    offsets=list(policy.offsets),
+                    audiences=list(policy.audiences),
+                    updated_at=now,
+                )
+            )
+        elif (row.offsets, row.audiences) != (list(policy.offsets), list(policy.audiences)):
+            row.offsets = list(policy.offsets)
+            row.audiences = list(policy.audiences)
+            row.updated_at = now
     await session.flush()
     await reminders.sync_process(session, process_id, now)
     return await effective(session, process_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from scheduler import job_locks, privacy
+from scheduler import audit, job_locks, privacy
 from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.models import utc_now
@@ -30,6 +30,7 @@ async def apply_retention(db: Database, months: int, now: datetime) -> int:
     done = 0
     while True:
         async with db.writer.begin() as session:
+            audit.act_as(session, audit.RETENTION_PURGE)
             if not await job_locks.run_alone(session, JOB_ID):
                 return done  # another node is on it
             count = await privacy.anonymise_ended(session, cutoff, now, BATCH)

@@ -24,7 +24,7 @@ from msgspec import Meta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import reminders
+from scheduler import audit, reminders
 from scheduler.errors import Conflict, Invalid, NotFound
 from scheduler.models import SEAT_STATUSES, Event, Registration, SpeakerRequest, utc_now
 from scheduler.registrations import Language, lock_events, notify
@@ -418,12 +418,13 @@ def _tell_selected(
 
 
 async def _renumber(session: AsyncSession, event_id: int) -> None:
-    """Close the gap a speaker leaves in the positions; slots stay where they were told."""
-    rows = await session.scalars(
-        select(SpeakerRequest)
-        .where(SpeakerRequest.event_id == event_id, SpeakerRequest.status == "selected")
-        .order_by(SpeakerRequest.position, SpeakerRequest.id)
-    )
-    for position, req in enumerate(rows, start=1):
-        req.position = position
-    await session.flush()
+    """Close the gap a speaker leaves in the positions; slots stay where they were told.
+    A rule of the system's, whoever left: the trail says so."""
+    async with audit.acting_as(session, audit.SPEAKER_ORDER):
+        rows = await session.scalars(
+            select(SpeakerRequest)
+            .where(SpeakerRequest.event_id == event_id, SpeakerRequest.status == "selected")
+            .order_by(SpeakerRequest.position, SpeakerRequest.id)
+        )
+        for position, req in enumerate(rows, start=1):
+            req.position = position

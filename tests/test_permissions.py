@@ -341,6 +341,13 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/pledges/stats"): public("the public pledge dashboard"),
     ("GET", "/api/pledges/export.csv"): public("the public pledge dashboard"),
     ("GET", "/api/pledges/{pledge_id}"): public("the public pledge dashboard"),
+    ("GET", "/api/audit"): signed_in("the trail of the caller's processes", probe=body_shows_a),
+    ("GET", "/api/audit/export.csv"): signed_in(
+        "the trail of the caller's processes", probe=body_shows_a
+    ),
+    ("GET", "/api/audit/export.ndjson"): signed_in(
+        "the trail of the caller's processes", probe=body_shows_a
+    ),
     ("GET", "/api/privacy/export"): signed_in(
         "what the caller's processes hold about an address",
         query=lambda w: {"email": "a-person-1@example.org"},
