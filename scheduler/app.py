@@ -32,6 +32,7 @@ from scheduler.api_registrations import RegistrationController
 from scheduler.api_reminder_policies import ReminderPolicyController
 from scheduler.api_speakers import SpeakerController
 from scheduler.api_subscriptions import SubscriptionController, SubscriptionPages
+from scheduler.api_webhooks import WebhookController
 from scheduler.auth import provide_organizer
 from scheduler.calendar_cache import AnswerCache
 from scheduler.clock import Clock
@@ -53,6 +54,7 @@ from scheduler.registration_desk import RegistrationDesk
 from scheduler.registrations import expire_holds
 from scheduler.security_headers import add_security_headers
 from scheduler.settings import Settings
+from scheduler.webhook_delivery import WebhookChannel
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -67,7 +69,10 @@ def create_app(settings: Settings) -> Litestar:
     templates = load_templates(settings.templates_dir)
     secret = load_secret(settings.secret_key, settings.data_dir)
     clock = Clock() if settings.scheduler_enabled else None
-    worker = OutboxWorker(db, make_sender(settings), settings, secret, settings.public_base_url)
+    webhooks = WebhookChannel(db, settings) if settings.webhooks_enabled else None
+    worker = OutboxWorker(
+        db, make_sender(settings), settings, secret, settings.public_base_url, webhooks
+    )
     hold = timedelta(minutes=settings.registration_hold_minutes)
     desk = RegistrationDesk(db, hold, after_commit=worker.kick)
     feed_runner = FeedRunner(db, settings, after_commit=worker.kick)
@@ -197,6 +202,7 @@ def create_app(settings: Settings) -> Litestar:
             SubscriptionController,
             SubscriptionPages,
             PrivacyController,
+            WebhookController,
             *([metrics.metrics_page] if settings.metrics_enabled else []),
         ],
         middleware=[metrics.http_metrics],
