@@ -319,7 +319,9 @@ def _validate_webhooks(settings: Settings) -> None:
     for key in ("webhooks_disable_after_hours", "webhooks_secret_grace_hours"):
         if getattr(settings, key) < 0:
             raise SettingsError(key, "must not be negative")
-    if settings.webhooks_lease_seconds <= 2 * settings.webhooks_timeout_seconds:
+    if settings.webhooks_lease_seconds < 2 * settings.webhooks_timeout_seconds + 10:
         raise SettingsError(
-            "webhooks_lease_seconds", "must be more than twice webhooks_timeout_seconds"
+            "webhooks_lease_seconds",
+            "must be at least twice webhooks_timeout_seconds, plus 10 (an attempt, with its "
+            "name lookup, must end well within the lease)",
         )

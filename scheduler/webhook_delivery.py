@@ -33,7 +33,13 @@ from scheduler.models import Webhook, WebhookAttempt, WebhookDelivery, utc_now
 from scheduler.pledge_feed import retry_after_seconds
 from scheduler.settings import Settings
 from scheduler.webhook_events import PING
-from scheduler.webhook_targets import Refused, Unresolved, addresses, check_url
+from scheduler.webhook_targets import (
+    RESOLVE_TIMEOUT,
+    Refused,
+    Unresolved,
+    addresses,
+    check_url,
+)
 
 log = logging.getLogger("scheduler.webhooks")
 
@@ -201,6 +207,7 @@ class WebhookChannel:
             hook = hooks.get(row.webhook_id)
             if hook is None or (not hook.active and row.event_type != PING):
                 row.status, row.lease_until = "cancelled", None
+                row.attempts -= 1  # claimed, never tried
                 row.last_error = webhooks.CANCELLED_WHEN_OFF
                 continue
             calls.append(
@@ -225,7 +232,9 @@ class WebhookChannel:
             return 0
         s = self.settings
         started = time.monotonic()
-        deadline = started + s.webhooks_lease_seconds - 2 * s.webhooks_timeout_seconds
+        # The last attempt started (name lookup, request, first bytes) ends in the lease.
+        longest = RESOLVE_TIMEOUT + s.webhooks_timeout_seconds + EXCERPT_SECONDS
+        deadline = started + s.webhooks_lease_seconds - s.webhooks_timeout_seconds - longest
         gate = asyncio.Semaphore(s.webhooks_concurrency)
 
         async def attempt(call: Call) -> None:

@@ -67,7 +67,10 @@ async def check_target(url: str, allowed: frozenset[str]) -> str:
         await addresses(target)
     except (Refused, Unresolved) as exc:
         raise Invalid("url", exc.reason) from None
-    return str(target.url)
+    stored = str(target.url)
+    if len(stored) > 2000:
+        raise Invalid("url", "is longer than 2000 characters once normalised")
+    return stored
 
 
 def _event_types(values: Sequence[str]) -> list[str]:
