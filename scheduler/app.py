@@ -96,6 +96,8 @@ def create_app(settings: Settings) -> Litestar:
         worker.start()
         if clock is not None:
             worker.schedule(clock)
+            if webhooks is not None:
+                webhooks.schedule(clock)
             feed_runner.schedule(clock)
             retention.schedule(clock, db, settings.retention_months)
             clock.scheduler.add_job(

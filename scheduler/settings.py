@@ -123,6 +123,8 @@ class Settings:
     webhooks_disable_after_hours: int = 72
     # After a rotation the previous secret keeps signing (a second signature) this long.
     webhooks_secret_grace_hours: int = 24
+    # Finished deliveries (and their attempts) older than this are deleted daily (0: kept).
+    webhooks_keep_days: int = 30
 
     @property
     def public_base_url(self) -> str:
@@ -316,7 +318,11 @@ def _validate_webhooks(settings: Settings) -> None:
     ):
         if getattr(settings, key) < 1:
             raise SettingsError(key, "must be at least 1")
-    for key in ("webhooks_disable_after_hours", "webhooks_secret_grace_hours"):
+    for key in (
+        "webhooks_disable_after_hours",
+        "webhooks_secret_grace_hours",
+        "webhooks_keep_days",
+    ):
         if getattr(settings, key) < 0:
             raise SettingsError(key, "must not be negative")
     if settings.webhooks_lease_seconds < 2 * settings.webhooks_timeout_seconds + 10:

@@ -23,10 +23,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import __version__, metrics, outbox, webhook_signatures, webhooks
+from scheduler import __version__, job_locks, metrics, outbox, webhook_signatures, webhooks
+from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.feeds import parse_hosts
 from scheduler.models import Webhook, WebhookAttempt, WebhookDelivery, utc_now
@@ -45,16 +46,21 @@ log = logging.getLogger("scheduler.webhooks")
 
 USER_AGENT = f"ForumScheduler/{__version__} (webhooks)"
 RESPONSE_CAP = 1024  # bytes of the receiver's answer read, at most
+MAX_ADDRESSES = 3  # of a host's addresses, tried in turn while each refuses the connection
+PRUNE_JOB = "webhook-prune"
+PRUNE_BATCH = 1000
 EXCERPT_SECONDS = 1.0  # how long the first bytes of an answer are waited for
 _EXCERPT_CHARS = 500
 
 
 class SendError(Exception):
-    """No answer: timed out or the connection failed (worth trying again later)."""
+    """No answer: timed out or the connection failed (worth trying again later);
+    ``unconnected``: refused or unreachable at once (another address may do)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, unconnected: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.unconnected = unconnected
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,10 @@ class WebhookSender:
             raise SendError(f"timed out after {self.timeout:g} s waiting for {url.host}") from None
         except httpx.TransportError as exc:
             detail = str(exc) or type(exc).__name__
-            raise SendError(f"cannot reach {url.host} ({address}): {detail}") from None
+            raise SendError(
+                f"cannot reach {url.host} ({address}): {detail}",
+                unconnected=isinstance(exc, httpx.ConnectError),
+            ) from None
         try:
             async with asyncio.timeout(EXCERPT_SECONDS):
                 excerpt = await _first_bytes(response)
@@ -182,6 +191,55 @@ class WebhookChannel:
 
     async def close(self) -> None:
         await self.sender.aclose()
+
+    def schedule(self, clock: Clock) -> None:
+        """Prune the delivery log daily (the first time a few minutes after start)."""
+        if self.settings.webhooks_keep_days <= 0:
+            return
+
+        async def prune() -> None:
+            await self.prune(utc_now())
+
+        clock.scheduler.add_job(
+            prune,
+            "interval",
+            hours=24,
+            next_run_time=utc_now() + timedelta(minutes=7),
+            id=PRUNE_JOB,
+            replace_existing=True,
+        )
+
+    async def prune(self, now: datetime) -> int:
+        """Delete deliveries finished more than ``webhooks_keep_days`` ago, with their
+        attempts (one node at a time, in short batches); the number deleted."""
+        if self.settings.webhooks_keep_days <= 0:
+            return 0
+        cutoff = now - timedelta(days=self.settings.webhooks_keep_days)
+        done = 0
+        while True:
+            async with self.db.writer.begin() as session:
+                if not await job_locks.run_alone(session, PRUNE_JOB):
+                    return done  # another node is on it
+                old = (
+                    select(WebhookDelivery.id)
+                    .where(
+                        WebhookDelivery.status.in_(("sent", "failed", "cancelled")),
+                        # Its last attempt's due time: read from the (status, due_at) index.
+                        WebhookDelivery.due_at < cutoff,
+                    )
+                    .limit(PRUNE_BATCH)
+                )
+                ids = list(await session.scalars(old))
+                if ids:
+                    await session.execute(
+                        delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids))
+                    )
+                    await session.execute(
+                        delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids))
+                    )
+            done += len(ids)
+            if len(ids) < PRUNE_BATCH:
+                return done
 
     async def claim(self, session: AsyncSession, now: datetime) -> list[Call]:
         """Take due deliveries in the worker's claim transaction (see outbox.claim_rows);
@@ -254,11 +312,11 @@ class WebhookChannel:
         started = time.monotonic()
         try:
             target = check_url(call.url, self.allowed)
-            address = (await addresses(target))[0]
+            found = await addresses(target)
             # The signed timestamp is the wall clock's: receivers compare it with theirs.
             stamp = int(time.time())
             headers = webhook_signatures.headers(call.secrets, call.message_id, stamp, call.body)
-            reply = await self.sender.post(target.url, address, headers, call.body)
+            reply = await self._post(target.url, found, headers, call.body)
         except Refused as exc:
             call.error, call.permanent = f"refused: {exc.reason}", True
         except (Unresolved, SendError) as exc:
@@ -280,6 +338,20 @@ class WebhookChannel:
                         call.error += f" (Retry-After {call.retry_after:.0f} s)"
         finally:
             call.duration_ms = int((time.monotonic() - started) * 1000)
+
+    async def _post(
+        self, url: httpx.URL, found: list[str], headers: dict[str, str], body: bytes
+    ) -> Reply:
+        """To the first of the host's (checked) addresses that takes the connection: a host
+        whose IPv6 address this machine cannot reach still gets its IPv4 one."""
+        tried = found[:MAX_ADDRESSES]
+        for address in tried[:-1]:
+            try:
+                return await self.sender.post(url, address, headers, body)
+            except SendError as exc:
+                if not exc.unconnected:
+                    raise
+        return await self.sender.post(url, tried[-1], headers, body)
 
     async def _record(self, calls: list[Call], now: datetime) -> None:
         s = self.settings
@@ -337,7 +409,12 @@ class WebhookChannel:
         longer than ``webhooks_disable_after_hours`` disables the webhook."""
         if not calls:
             return
-        stmt = select(Webhook).where(Webhook.id.in_({c.webhook_id for c in calls}))
+        # Locked in id order, as every node does: no deadlock between two nodes' records.
+        stmt = (
+            select(Webhook)
+            .where(Webhook.id.in_({c.webhook_id for c in calls}))
+            .order_by(Webhook.id)
+        )
         if not self.db.is_sqlite:
             stmt = stmt.with_for_update()
         hooks = {h.id: h for h in await session.scalars(stmt)}
