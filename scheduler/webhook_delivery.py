@@ -357,9 +357,20 @@ class WebhookChannel:
         s = self.settings
         cap = timedelta(seconds=s.webhooks_max_retry_seconds)
         async with self.db.writer.begin() as session:
+            # The webhooks first, then their deliveries: the order a webhook's deletion
+            # takes them in (its cascade), so the two cannot deadlock. In id order, as on
+            # every node; NO KEY UPDATE, so that changes announcing events (which share-lock
+            # the webhooks they plan deliveries for) are not held up.
+            hooks_stmt = (
+                select(Webhook)
+                .where(Webhook.id.in_({c.webhook_id for c in calls}))
+                .order_by(Webhook.id)
+            )
             stmt = select(WebhookDelivery).where(WebhookDelivery.id.in_([c.id for c in calls]))
             if not self.db.is_sqlite:
+                hooks_stmt = hooks_stmt.with_for_update(key_share=True)
                 stmt = stmt.with_for_update()
+            hooks = {h.id: h for h in await session.scalars(hooks_stmt)}
             rows = {r.id: r for r in await session.scalars(stmt)}
             attempts: list[dict[str, Any]] = []
             tried: list[Call] = []
@@ -402,25 +413,18 @@ class WebhookChannel:
                 )
             if attempts:
                 await session.execute(insert(WebhookAttempt), attempts)
-            await self._track_health(session, tried, now)
+            await self._track_health(session, hooks, tried, now)
 
-    async def _track_health(self, session: AsyncSession, calls: list[Call], now: datetime) -> None:
+    async def _track_health(
+        self, session: AsyncSession, hooks: dict[int, Webhook], calls: list[Call], now: datetime
+    ) -> None:
         """A success clears a webhook's failing streak; a failure starts one, and a streak
         longer than ``webhooks_disable_after_hours`` disables the webhook."""
-        if not calls:
-            return
-        # Locked in id order, as every node does: no deadlock between two nodes' records.
-        stmt = (
-            select(Webhook)
-            .where(Webhook.id.in_({c.webhook_id for c in calls}))
-            .order_by(Webhook.id)
-        )
-        if not self.db.is_sqlite:
-            stmt = stmt.with_for_update()
-        hooks = {h.id: h for h in await session.scalars(stmt)}
         limit = timedelta(hours=self.settings.webhooks_disable_after_hours)
         for hook_id, hook in hooks.items():
             mine = [c for c in calls if c.webhook_id == hook_id]
+            if not mine:
+                continue
             if any(c.sent for c in mine):
                 hook.failing_since = None
                 continue

@@ -107,15 +107,22 @@ def delivery_row(
 async def emit(session: AsyncSession, emissions: Sequence[Emission], now: datetime) -> int:
     """Plan a delivery of each emission to each active webhook of its process that wants
     its type, in the caller's transaction; the number planned. Without webhooks this
-    costs one indexed query."""
+    costs one indexed query.
+
+    On PostgreSQL the webhooks found are share-locked (FOR KEY SHARE) until the commit, so
+    that one deleted meanwhile cannot make the whole change fail on the deliveries'
+    foreign key: the deletion waits, then takes the new deliveries with it.
+    """
     if not emissions:
         return 0
     hooks = (
         await session.execute(
-            select(Webhook.id, Webhook.process_id, Webhook.event_types).where(
+            select(Webhook.id, Webhook.process_id, Webhook.event_types)
+            .where(
                 Webhook.process_id.in_({e.process_id for e in emissions}),
                 Webhook.active.is_(True),
             )
+            .with_for_update(read=True, key_share=True)
         )
     ).all()
     if not hooks:
