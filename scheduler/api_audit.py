@@ -38,6 +38,7 @@ EntityType = Literal[
     "reminder_policy",
     "speaker_request",
     "subscription",
+    "webhook",
 ]
 CSV_COLUMNS = (
     "id",

@@ -304,7 +304,7 @@ class EventController(Controller):
             if not data.preview:
                 event.sequence += 1
                 await session.flush()
-                await svc.plan_reminders(
+                await svc.follow_up(
                     session, event, moves, now, old_status=event.status, old_times=old_times
                 )
             result = MoveResult(preview=data.preview, moved=await moves_out(session, moves))

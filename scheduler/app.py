@@ -35,6 +35,7 @@ from scheduler.api_reminder_policies import ReminderPolicyController
 from scheduler.api_speakers import SpeakerController
 from scheduler.api_subscriptions import SubscriptionController, SubscriptionPages
 from scheduler.api_tokens import TokenController
+from scheduler.api_webhooks import WebhookController
 from scheduler.auth import provide_caller
 from scheduler.calendar_cache import AnswerCache
 from scheduler.clock import Clock
@@ -56,6 +57,7 @@ from scheduler.registration_desk import RegistrationDesk
 from scheduler.registrations import expire_holds
 from scheduler.security_headers import add_security_headers
 from scheduler.settings import Settings
+from scheduler.webhook_delivery import WebhookChannel
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -70,7 +72,10 @@ def create_app(settings: Settings) -> Litestar:
     templates = load_templates(settings.templates_dir)
     secret = load_secret(settings.secret_key, settings.data_dir)
     clock = Clock() if settings.scheduler_enabled else None
-    worker = OutboxWorker(db, make_sender(settings), settings, secret, settings.public_base_url)
+    webhooks = WebhookChannel(db, settings) if settings.webhooks_enabled else None
+    worker = OutboxWorker(
+        db, make_sender(settings), settings, secret, settings.public_base_url, webhooks
+    )
     hold = timedelta(minutes=settings.registration_hold_minutes)
     desk = RegistrationDesk(db, hold, after_commit=worker.kick)
     feed_runner = FeedRunner(db, settings, after_commit=worker.kick)
@@ -95,6 +100,8 @@ def create_app(settings: Settings) -> Litestar:
         worker.start()
         if clock is not None:
             worker.schedule(clock)
+            if webhooks is not None:
+                webhooks.schedule(clock)
             feed_runner.schedule(clock)
             retention.schedule(clock, db, settings.retention_months)
             clock.scheduler.add_job(
@@ -204,6 +211,7 @@ def create_app(settings: Settings) -> Litestar:
             SubscriptionPages,
             PrivacyController,
             AuditController,
+            WebhookController,
             *([metrics.metrics_page] if settings.metrics_enabled else []),
         ],
         middleware=[audit.request_context, metrics.http_metrics],

@@ -58,6 +58,7 @@ from scheduler.models import (
     ReminderPolicy,
     SpeakerRequest,
     Subscription,
+    Webhook,
     utc_now,
 )
 
@@ -253,6 +254,12 @@ AUDITED: dict[type[Any], Audited] = {
     ReminderPolicy: _audited(ReminderPolicy, "reminder_policy", skip=_STAMPS),
     Subscription: _audited(
         Subscription, "subscription", skip=_STAMPS, hidden=("email", "name", "token_nonce")
+    ),
+    Webhook: _audited(
+        Webhook,
+        "webhook",
+        skip=(*_STAMPS, "failing_since"),
+        hidden=("secret", "previous_secret"),
     ),
     Feed: _audited(
         Feed,

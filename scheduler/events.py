@@ -1,9 +1,10 @@
 """Events: creating, changing, moving (with cascades) and finding them.
 
-Services flush but never commit: the caller owns the transaction. Every change re-plans the
-reminders of what it touched in the same transaction (``plan_reminders``): a move re-times
-them and tells the registrants once, a cancellation or postponement cancels them and tells
-the registrants once.
+Services flush but never commit: the caller owns the transaction. Every change is followed
+up in the same transaction (``follow_up``): the reminders of what it touched are re-planned
+(a move re-times them and tells the registrants once, a cancellation or postponement
+cancels them and tells the registrants once), and the process's webhooks are told of each
+event moved (one ``event.moved`` per event a cascade moved) or cancelled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
-from scheduler import reminders
+from scheduler import reminders, webhook_events
 from scheduler.cascades import CascadeError, Item, Move, cascade, keep_wall_length
 from scheduler.errors import Invalid, NotFound
 from scheduler.models import Event, Milestone, Notification, Process, utc_now
@@ -234,11 +235,11 @@ async def update_event(
         await promote_waiting(session, event, now, hold)
     event.sequence += 1
     await session.flush()
-    await plan_reminders(session, event, moves, now, old_status=old_status, old_times=old_times)
+    await follow_up(session, event, moves, now, old_status=old_status, old_times=old_times)
     return moves
 
 
-async def plan_reminders(
+async def follow_up(
     session: AsyncSession,
     event: Event,
     moves: list[Move],
@@ -247,13 +248,19 @@ async def plan_reminders(
     old_status: str,
     old_times: tuple[datetime, datetime],
 ) -> None:
-    """Re-plan reminders after a change, once the sequences are bumped.
+    """Re-plan reminders and tell webhooks after a change, once the sequences are bumped.
 
     The event itself: cancelled or postponed -> its unsent reminders are cancelled and the
     registrants told once; moved, or back on after a postponement -> re-timed, and one
     change notice per seat holder; anything else -> re-planned quietly (new basis and text).
-    Events and milestones the cascade moved are re-planned and told the same way.
+    Events and milestones the cascade moved are re-planned and told the same way. Webhooks
+    get ``event.moved`` for the event and each event the cascade moved, and
+    ``event.cancelled``, all planned in one go.
     """
+    announced: list[webhook_events.Emission] = []
+    moved = (event.starts_at, event.ends_at) != old_times
+    if moved:
+        announced.append(webhook_events.event_moved(event, *old_times, moved_with=None))
     for move in moves:
         if not move.changed or (move.kind == "event" and move.id == event.id):
             continue
@@ -261,17 +268,24 @@ async def plan_reminders(
             dependent = await session.get(Event, move.id)
             assert dependent is not None
             await reminders.replan_event(session, dependent, now)
+            announced.append(
+                webhook_events.event_moved(
+                    dependent, move.old_start, move.old_end, moved_with=event.id
+                )
+            )
         else:
             milestone = await session.get(Milestone, move.id)
             assert milestone is not None
             await reminders.sync_milestone(session, milestone, now)
-    moved = (event.starts_at, event.ends_at) != old_times
     if event.status in ("cancelled", "postponed") and event.status != old_status:
         await reminders.cancel_event_reminders(session, event, now, event.status)
+        if event.status == "cancelled":
+            announced.append(webhook_events.event_cancelled(event, old_status))
     elif event.status == "published" and (moved or old_status in ("cancelled", "postponed")):
         await reminders.replan_event(session, event, now)
     else:
         await reminders.sync_event(session, event, now)
+    await webhook_events.emit(session, announced, now)
 
 
 async def move_event(

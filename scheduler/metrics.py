@@ -139,8 +139,21 @@ reminder_lateness = Histogram(
 feed_runs = Counter(
     "scheduler_feed_runs_total", "Pledge feed runs finished on this node, by outcome.", ("outcome",)
 )
+webhook_attempts = Counter(
+    "scheduler_webhook_attempts_total",
+    "Webhook delivery attempts made by this node, by result (sent, retry, failed).",
+    ("outcome",),
+)
 _STARTED = time.time()
-METRICS = (http_requests, http_latency, mail_sent, mail_failed, reminder_lateness, feed_runs)
+METRICS = (
+    http_requests,
+    http_latency,
+    mail_sent,
+    mail_failed,
+    reminder_lateness,
+    feed_runs,
+    webhook_attempts,
+)
 
 
 def mail_result(note: Notification, now: datetime) -> None:

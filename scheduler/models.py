@@ -604,3 +604,76 @@ class AuditEntry(Base):
     before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Webhook(Base):
+    """A URL an organizer subscribed to some of a process's events (README: Webhooks)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process_id: Mapped[int] = mapped_column(
+        ForeignKey("processes.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    # "whsec_" and the base64 of 32 random bytes. Kept as is: every delivery is signed with it.
+    secret: Mapped[str] = mapped_column(String(100))
+    # The secret before the last rotation signs too (a second signature) until this time.
+    previous_secret: Mapped[str] = mapped_column(String(100), default="")
+    previous_secret_until: Mapped[datetime | None]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Since when deliveries fail without one success; past webhooks_disable_after_hours the
+    # webhook is disabled, with the reason.
+    failing_since: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str] = mapped_column(String(500), default="")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("organizers.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: an outbox row, claimed, retried and leased like a mail.
+
+    ``payload`` is the exact body sent on every attempt; ``message_id`` (the webhook-id
+    header) is the same for every webhook that gets the event, and on every retry.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "due_at"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[str] = mapped_column(Text)
+    # planned, sending (under lease_until), sent, failed, cancelled
+    status: Mapped[str] = mapped_column(String(20), default="planned")
+    due_at: Mapped[datetime] = mapped_column(default=utc_now)
+    lease_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    sent_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """One HTTP request of a delivery: when, how long, the answer's status or the error."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[datetime]
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    http_status: Mapped[int | None]
+    error: Mapped[str] = mapped_column(Text, default="")
+    # The first characters of the receiver's answer (it is never read further).
+    response_excerpt: Mapped[str] = mapped_column(Text, default="")

@@ -15,6 +15,12 @@ transactions as they come in (every RECORD_INTERVAL), so that a crash resends li
 wave the next batch is claimed and rendered while the current one is on the wire; at most
 IN_FLIGHT_BATCHES are, so memory and the rows under lease stay bounded however many are due.
 
+Webhook deliveries are the same kind of row in their own table (``webhook_deliveries``),
+claimed in the same transaction by the same code (``claim_rows``), their results recorded
+by the same rules (``record_result``): only their sending is theirs
+(scheduler/webhook_delivery.py). One batch of them is on the wire at a time, beside the
+mail, so a slow receiver never holds up mail.
+
 The clock wakes the loop: after each pass the worker arms an APScheduler date job at the
 next due time (``arm``, also called after a commit that plans an earlier reminder); the
 clock's periodic sweep is the safety net. Without a clock the loop times its own waits.
@@ -27,23 +33,33 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import audit, manage_links, metrics, reminder_checks
+from scheduler import audit, manage_links, metrics, reminder_checks, webhook_events
 from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.mail import DeliveryError, MailSender
 from scheduler.mail_bytes import MessageFactory, Outgoing
 from scheduler.mail_render import KINDS, RenderError, message_id_for
-from scheduler.models import Event, Notification, Registration, Subscription, utc_now
+from scheduler.models import (
+    Event,
+    Notification,
+    Registration,
+    Subscription,
+    WebhookDelivery,
+    utc_now,
+)
 from scheduler.reminders import DIGEST_KIND
 from scheduler.settings import Settings
+
+if TYPE_CHECKING:
+    from scheduler.webhook_delivery import Call, WebhookChannel
 
 log = logging.getLogger("scheduler.outbox")
 
@@ -60,6 +76,8 @@ UNSUBSCRIBE_PATH = "/api/subscriptions/{token}/unsubscribe"
 SUBSCRIPTION_PURPOSE = "sub:"  # signing context of subscription links (see manage_links)
 NEXT_DUE_JOB = "outbox-next-due"
 _MAX_ERROR_CHARS = 2000
+# The rows the worker claims under a lease: messages and webhook deliveries.
+Leased = TypeVar("Leased", Notification, WebhookDelivery)
 
 
 def enqueue(
@@ -104,6 +122,50 @@ def enqueue(
     return note
 
 
+async def claim_rows(
+    session: AsyncSession,
+    table: type[Leased],
+    now: datetime,
+    *,
+    limit: int,
+    lease_seconds: int,
+    is_sqlite: bool,
+) -> list[Leased]:
+    """Take up to ``limit`` due rows of ``table`` for this sender until the lease ends.
+
+    Due: ``sending`` whose lease ran out (its sender died; these come first, they are late
+    already), then ``planned`` with ``due_at <= now``, oldest first. Each claim counts as an
+    attempt. The caller flushes.
+
+    Two queries rather than one with OR: each reads only the head of the (status, due_at)
+    index, while the OR made both databases read every due row and sort them, on every
+    claim of a wave. Ties in ``due_at`` are not ordered by id: on PostgreSQL that would sort
+    a whole wave due at the same second (SQLite's index gives id order anyway).
+    """
+    rows: list[Leased] = []
+    for status, due in (
+        ("sending", table.lease_until < now),
+        ("planned", table.due_at <= now),
+    ):
+        stmt = (
+            select(table)
+            .where(table.status == status, due)
+            .order_by(table.due_at)
+            .limit(limit - len(rows))
+        )
+        if not is_sqlite:
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows += await session.scalars(stmt)
+        if len(rows) >= limit:
+            break
+    lease_until = now + timedelta(seconds=lease_seconds)
+    for row in rows:
+        row.status = "sending"
+        row.lease_until = lease_until
+        row.attempts += 1
+    return rows
+
+
 async def claim_due(
     session: AsyncSession,
     now: datetime,
@@ -113,48 +175,97 @@ async def claim_due(
     is_sqlite: bool,
     mail_from: str,
 ) -> list[Notification]:
-    """Take up to ``limit`` due rows for this sender until the lease ends.
-
-    Due: ``sending`` whose lease ran out (its sender died; these come first, they are late
-    already), then ``planned`` with ``due_at <= now``, oldest first. Each claim counts as an
-    attempt and fixes the row's Message-ID.
-
-    Two queries rather than one with OR: each reads only the head of the (status, due_at)
-    index, while the OR made both databases read every due row and sort them, on every
-    claim of a wave. Ties in ``due_at`` are not ordered by id: on PostgreSQL that would sort
-    a whole wave due at the same second (SQLite's index gives id order anyway).
-    """
-    rows: list[Notification] = []
-    for status, due in (
-        ("sending", Notification.lease_until < now),
-        ("planned", Notification.due_at <= now),
-    ):
-        stmt = (
-            select(Notification)
-            .where(Notification.status == status, due)
-            .order_by(Notification.due_at)
-            .limit(limit - len(rows))
-        )
-        if not is_sqlite:
-            stmt = stmt.with_for_update(skip_locked=True)
-        rows += await session.scalars(stmt)
-        if len(rows) >= limit:
-            break
-    lease_until = now + timedelta(seconds=lease_seconds)
+    """Claim due messages (``claim_rows``); each claim fixes the row's Message-ID."""
+    rows = await claim_rows(
+        session, Notification, now, limit=limit, lease_seconds=lease_seconds, is_sqlite=is_sqlite
+    )
     for note in rows:
-        note.status = "sending"
-        note.lease_until = lease_until
-        note.attempts += 1
         if not note.message_id:
             note.message_id = message_id_for(note.id, note.created_at, mail_from)
     await session.flush()
     return rows
 
 
-def retry_delay(attempts: int, retry_seconds: int) -> timedelta:
-    """``retry_seconds`` after the first attempt, doubling each time, at most one hour."""
+def give_up_expired(rows: list[Leased], max_attempts: int) -> list[Leased]:
+    """Fail the claimed rows whose earlier senders all died holding them (each lease ran
+    out, ``max_attempts`` times); the others, still to be tried."""
+    due: list[Leased] = []
+    for row in rows:
+        if row.attempts > max_attempts:
+            row.status = "failed"
+            row.lease_until = None
+            row.last_error = f"gave up after {row.attempts - 1} attempts: lease expired"
+        else:
+            due.append(row)
+    return due
+
+
+def still_leased(row: Notification | WebhookDelivery | None, lease_until: datetime | None) -> bool:
+    """Whether a claimed row is still this sender's (no other sender took it over after
+    the lease ran out): only then is its result recorded."""
+    return row is not None and row.status == "sending" and row.lease_until == lease_until
+
+
+def record_result(
+    row: Leased,
+    now: datetime,
+    *,
+    sent: bool,
+    error: str | None,
+    permanent: bool = False,
+    max_attempts: int,
+    retry_seconds: int,
+    max_delay: timedelta = MAX_RETRY_DELAY,
+    not_before: datetime | None = None,
+    jitter: float = 0.0,
+) -> None:
+    """Where a claimed row goes after its attempt: sent; back to planned as it was when it
+    was not tried (``error`` None: stopping, or too near the lease's end); failed for good
+    (``permanent``, or the last attempt); or planned again after the backoff, and not
+    before ``not_before`` (a receiver's Retry-After)."""
+    row.lease_until = None
+    if sent:
+        row.status = "sent"
+        row.sent_at = now
+        row.last_error = ""
+    elif error is None:
+        row.status = "planned"
+        row.attempts -= 1
+    else:
+        reason = error[:_MAX_ERROR_CHARS]
+        if permanent:
+            row.status = "failed"
+            row.last_error = reason
+        elif row.attempts >= max_attempts:
+            row.status = "failed"
+            row.last_error = f"gave up after {row.attempts} attempts: {reason}"
+        else:
+            row.status = "planned"
+            due = now + retry_delay(row.attempts, retry_seconds, max_delay, jitter)
+            row.due_at = max(due, not_before) if not_before is not None else due
+            row.last_error = reason
+
+
+def retry_delay(
+    attempts: int, retry_seconds: int, cap: timedelta = MAX_RETRY_DELAY, jitter: float = 0.0
+) -> timedelta:
+    """``retry_seconds`` after the first attempt, doubling each time, at most ``cap`` (one
+    hour for mail). ``jitter`` (0 to 1) takes up to a quarter off, so that receivers that
+    failed together are not retried all at the same second."""
     exponent = min(max(attempts - 1, 0), 30)
-    return min(timedelta(seconds=retry_seconds * 2**exponent), MAX_RETRY_DELAY)
+    delay = min(timedelta(seconds=retry_seconds * 2**exponent), cap)
+    return delay * (1 - 0.25 * min(max(jitter, 0.0), 1.0))
+
+
+async def next_due(session: AsyncSession, table: type[Leased]) -> datetime | None:
+    """When the next row of ``table`` falls due or the next lease runs out."""
+    due = await session.scalar(select(func.min(table.due_at)).where(table.status == "planned"))
+    lease = await session.scalar(
+        select(func.min(table.lease_until)).where(table.status == "sending")
+    )
+    # A lease counts as ended strictly after lease_until: wake just past it.
+    times = [t for t in (due, lease + timedelta(milliseconds=10) if lease else None) if t]
+    return min(times) if times else None
 
 
 @dataclass(slots=True)
@@ -169,16 +280,19 @@ class _Job:
 
 @dataclass(slots=True)
 class _Batch:
-    """Rows claimed at ``now``: how many, and the messages to send before ``deadline``."""
+    """Rows claimed at ``now``: how many, the messages to send before ``deadline``, and
+    the webhook deliveries claimed with them."""
 
     claimed: int
     now: datetime
     jobs: list[_Job]
     deadline: float = 0.0
+    calls: list[Call] = field(default_factory=list)
 
 
 class OutboxWorker:
-    """Delivers due outbox rows; one per process. ``kick()`` after committing new mail."""
+    """Delivers due outbox rows, mail and webhooks; one per process. ``kick()`` after
+    committing new rows."""
 
     def __init__(
         self,
@@ -187,12 +301,14 @@ class OutboxWorker:
         settings: Settings,
         secret: bytes,
         base_url: str,
+        webhooks: WebhookChannel | None = None,
     ) -> None:
         self.db = db
         self.sender = sender
         self.settings = settings
         self.secret = secret
         self.base_url = base_url.rstrip("/")
+        self.webhooks = webhooks
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -238,8 +354,9 @@ class OutboxWorker:
         self.kick()
 
     def start(self) -> None:
-        """Start the delivery loop in the running event loop (no-op if mail is disabled)."""
-        if not self.settings.mail_enabled or self._task is not None:
+        """Start the delivery loop in the running event loop (no-op if neither mail nor
+        webhooks are enabled)."""
+        if (not self.settings.mail_enabled and self.webhooks is None) or self._task is not None:
             return
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._sweeping(), name="outbox")
@@ -257,6 +374,8 @@ class OutboxWorker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.sender.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
 
     def schedule(self, clock: Clock) -> None:
         """Let the clock wake the loop at each next due time, and sweep as well, so that a
@@ -275,8 +394,13 @@ class OutboxWorker:
         self.kick()
 
     async def run_once(self, now: datetime) -> int:
-        """One pass at ``now``, sent and recorded; the number of messages delivered."""
-        return await self._send(await self._take(now))
+        """One pass at ``now``, sent and recorded; the number of messages and webhook
+        deliveries delivered."""
+        batch = await self._take(now, webhooks=True)
+        delivered = await self._send(batch)
+        if self.webhooks is not None and batch.calls:
+            delivered += await self.webhooks.send(batch.calls, now)
+        return delivered
 
     async def _sweeping(self) -> None:
         # The loop writes only messages (not in the audit trail); anything else it ever
@@ -287,15 +411,20 @@ class OutboxWorker:
     async def _loop(self) -> None:
         size = self.settings.mail_batch_size
         sending: set[asyncio.Task[int]] = set()
+        hooks: asyncio.Task[None] | None = None  # the webhook batch on the wire
         try:
             while not self._stopping:
                 self._wake.clear()
                 claimed = 0
+                hooks_idle = hooks is None or hooks.done()
                 try:
-                    batch = await self._take(utc_now())
+                    batch = await self._take(utc_now(), webhooks=hooks_idle)
                     claimed = batch.claimed
                     if batch.jobs:
                         sending.add(asyncio.ensure_future(self._send_logged(batch)))
+                    if batch.calls:
+                        hooks = asyncio.ensure_future(self._send_hooks(batch))
+                        hooks_idle = False
                 except Exception:
                     log.exception("outbox pass failed; trying again after the sweep interval")
                 while len(sending) >= IN_FLIGHT_BATCHES:
@@ -305,7 +434,7 @@ class OutboxWorker:
                 if claimed >= size:
                     await asyncio.sleep(0)
                     continue
-                delay = await self._idle_seconds(utc_now())
+                delay = await self._idle_seconds(utc_now(), webhooks=hooks_idle)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
@@ -313,6 +442,18 @@ class OutboxWorker:
             # cancelling the loop cancels them, their rows keep the lease until it runs out.
             if sending:
                 await asyncio.gather(*sending)
+            if hooks is not None:
+                await asyncio.gather(hooks)
+
+    async def _send_hooks(self, batch: _Batch) -> None:
+        """A webhook batch in the background; then the loop looks again (more may be due:
+        while a batch is out, its due times are left out of the loop's waits)."""
+        assert self.webhooks is not None
+        try:
+            await self.webhooks.send(batch.calls, utc_now())
+        except Exception:
+            log.exception("sending webhooks failed; their rows are claimed again after the lease")
+        self.kick()
 
     async def _send_logged(self, batch: _Batch) -> int:
         """``_send`` in the background: a failure is logged, its rows wait for the lease."""
@@ -322,11 +463,11 @@ class OutboxWorker:
             log.exception("sending a batch failed; its rows are claimed again after the lease")
             return 0
 
-    async def _idle_seconds(self, now: datetime) -> float:
+    async def _idle_seconds(self, now: datetime, *, webhooks: bool) -> float:
         """How long to wait: the sweep interval when the clock is armed for the next due
         time, else until that time (at most the sweep interval)."""
         sweep = float(self.settings.mail_sweep_seconds)
-        wake_at = await self._next_wake(now)
+        wake_at = await self._next_wake(now, webhooks=webhooks)
         if wake_at is None:
             return sweep
         clock = self._clock
@@ -335,61 +476,55 @@ class OutboxWorker:
             return sweep
         return min(max((wake_at - now).total_seconds(), 0.0), sweep)
 
-    async def _next_wake(self, now: datetime) -> datetime | None:
-        """When the next row falls due or the next lease runs out."""
+    async def _next_wake(self, now: datetime, *, webhooks: bool) -> datetime | None:
+        """When the next row falls due or the next lease runs out (mail if enabled, and
+        webhook deliveries when ``webhooks``)."""
+        times: list[datetime | None] = []
         try:
             async with self.db.reader() as session:
-                due = await session.scalar(
-                    select(func.min(Notification.due_at)).where(Notification.status == "planned")
-                )
-                lease = await session.scalar(
-                    select(func.min(Notification.lease_until)).where(
-                        Notification.status == "sending"
-                    )
-                )
+                if self.settings.mail_enabled:
+                    times.append(await next_due(session, Notification))
+                if webhooks and self.webhooks is not None:
+                    times.append(await next_due(session, WebhookDelivery))
         except Exception:
             log.exception("cannot read the next due time")
             return None
-        # A lease counts as ended strictly after lease_until: wake just past it.
-        times = [t for t in (due, lease + timedelta(milliseconds=10) if lease else None) if t]
-        return min(times) if times else None
+        found = [t for t in times if t is not None]
+        return min(found) if found else None
 
-    async def _take(self, now: datetime) -> _Batch:
-        """Claim and check a batch of due rows, and render their messages."""
-        if not self.settings.mail_enabled:
-            return _Batch(0, now, [])
+    async def _take(self, now: datetime, *, webhooks: bool) -> _Batch:
+        """Claim and check a batch of due rows, and render their messages; with
+        ``webhooks``, claim due webhook deliveries in the same transaction."""
         s = self.settings
+        calls: list[Call] = []
+        rows: list[Notification] = []
+        due: list[Notification] = []
         async with self.db.writer.begin() as session:
-            rows = await claim_due(
-                session,
-                now,
-                limit=s.mail_batch_size,
-                lease_seconds=s.mail_lease_seconds,
-                is_sqlite=self.db.is_sqlite,
-                mail_from=s.mail_from,
-            )
-            due: list[Notification] = []
-            given_up: list[Notification] = []
-            for note in rows:
-                if note.attempts > s.mail_max_attempts:
-                    # Its earlier senders died holding it (the lease ran out each time).
-                    note.status = "failed"
-                    note.lease_until = None
-                    note.last_error = f"gave up after {note.attempts - 1} attempts: lease expired"
-                    given_up.append(note)
-                else:
-                    due.append(note)
-            await reminder_checks.settle_digests(session, given_up, now)
-            due = await reminder_checks.screen(
-                session,
-                due,
-                now,
-                lease_until=now + timedelta(seconds=s.mail_lease_seconds),
-                is_sqlite=self.db.is_sqlite,
-                mail_from=s.mail_from,
-            )
+            if s.mail_enabled:
+                rows = await claim_due(
+                    session,
+                    now,
+                    limit=s.mail_batch_size,
+                    lease_seconds=s.mail_lease_seconds,
+                    is_sqlite=self.db.is_sqlite,
+                    mail_from=s.mail_from,
+                )
+                due = give_up_expired(rows, s.mail_max_attempts)
+                given_up = [note for note in rows if note.status == "failed"]
+                await reminder_checks.settle_digests(session, given_up, now)
+                await webhook_events.mails_failed(session, given_up, now)
+                due = await reminder_checks.screen(
+                    session,
+                    due,
+                    now,
+                    lease_until=now + timedelta(seconds=s.mail_lease_seconds),
+                    is_sqlite=self.db.is_sqlite,
+                    mail_from=s.mail_from,
+                )
+            if webhooks and self.webhooks is not None:
+                calls = await self.webhooks.claim(session, now)
         if not due:
-            return _Batch(len(rows), now, [])
+            return _Batch(len(rows), now, [], calls=calls)
         # Stop starting sends well before the lease ends, so no other sender takes them over.
         margin = min(float(s.smtp_timeout_seconds), s.mail_lease_seconds / 2)
         deadline = time.monotonic() + s.mail_lease_seconds - margin
@@ -399,7 +534,7 @@ class OutboxWorker:
             step = due[start : start + RENDER_STEP]
             jobs += self._render_all(step, nonces, events, subscriptions, now)
             await asyncio.sleep(0)  # the batch on the wire and the API go on in between
-        return _Batch(len(rows), now, jobs, deadline)
+        return _Batch(len(rows), now, jobs, deadline, calls)
 
     async def _send(self, batch: _Batch) -> int:
         """Deliver a batch over the pool's connections at once, recording results as they
@@ -568,36 +703,27 @@ class OutboxWorker:
         if not self.db.is_sqlite:
             stmt = stmt.with_for_update()
         rows = {n.id: n for n in await session.scalars(stmt)}
+        recorded: list[Notification] = []
         for job in jobs:
             note = rows.get(job.id)
-            if note is None or note.status != "sending" or note.lease_until != job.lease_until:
+            if note is None or not still_leased(note, job.lease_until):
                 # Another sender took it over after our lease ran out; its result counts.
                 log.warning("notification %s changed hands while being sent", job.id)
                 continue
-            note.lease_until = None
-            if job.sent:
-                note.status = "sent"
-                note.sent_at = now
-                note.last_error = ""
-            elif job.error is None:
-                # Not tried (stopping, or too close to the lease end): it is not an attempt.
-                note.status = "planned"
-                note.attempts -= 1
-            else:
-                reason = job.error.reason[:_MAX_ERROR_CHARS]
-                if job.error.permanent:
-                    note.status = "failed"
-                    note.last_error = reason
-                elif note.attempts >= s.mail_max_attempts:
-                    note.status = "failed"
-                    note.last_error = f"gave up after {note.attempts} attempts: {reason}"
-                else:
-                    note.status = "planned"
-                    note.due_at = now + retry_delay(note.attempts, s.mail_retry_seconds)
-                    note.last_error = reason
+            record_result(
+                note,
+                now,
+                sent=job.sent,
+                error=job.error.reason if job.error is not None else None,
+                permanent=job.error is not None and job.error.permanent,
+                max_attempts=s.mail_max_attempts,
+                retry_seconds=s.mail_retry_seconds,
+            )
             metrics.mail_result(note, now)
+            recorded.append(note)
         # Reminders carried by a digest follow it once it is sent or has failed for good.
         await reminder_checks.settle_digests(session, list(rows.values()), now)
+        await webhook_events.mails_failed(session, recorded, now)
 
 
 def planned_row(

@@ -29,7 +29,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import __version__, audit, metrics
+from scheduler import __version__, audit, metrics, webhook_events
 from scheduler import feeds as feed_rules
 from scheduler.clock import Clock
 from scheduler.database import Database
@@ -959,6 +959,7 @@ class FeedRunner:
                 digests = await enqueue_digest(
                     session, target, run, counts, self.settings.public_base_url
                 )
+            digests += await self._announce(session, target, run, finished)
         if digests and self._after_commit is not None:
             self._after_commit()
         metrics.feed_runs.inc(outcome=run.outcome)
@@ -989,8 +990,19 @@ class FeedRunner:
             )
             await prune_runs(session, claim.target.id, self.settings.feeds_keep_runs)
             record_run(session, claim.target, run)
+            announced = await self._announce(session, claim.target, run, finished)
+        if announced and self._after_commit is not None:
+            self._after_commit()
         metrics.feed_runs.inc(outcome=run.outcome)
         return run
+
+    @staticmethod
+    async def _announce(
+        session: AsyncSession, target: FeedTarget, run: FeedRun, now: datetime
+    ) -> int:
+        """``feed.run_finished`` to the process's webhooks, with the run's outcome."""
+        finished = webhook_events.feed_run_finished(target.process_id, target.name, run)
+        return await webhook_events.emit(session, [finished], now)
 
     # --- On the clock ---------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ outbox in the same transaction.
 Services flush but never commit; the caller owns the transaction and, on PostgreSQL, the
 event row lock taken by ``lock_events`` keeps the seat counts exact across nodes. A seat
 confirmed plans that person's reminders, a seat lost cancels them (``reminders``), in the
-same transaction.
+same transaction. Registrations created, cancelled and promoted from the waiting list are
+announced to the process's webhooks (``webhook_events``), in the same transaction too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from msgspec import UNSET, Meta, UnsetType
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import audit, outbox, reminders
+from scheduler import audit, outbox, reminders, webhook_events
 from scheduler import fields as f
 from scheduler.capacity import SeatCount, hold_until, place, registration_open, to_promote
 from scheduler.errors import Conflict, Invalid, NotFound
@@ -316,10 +317,18 @@ async def register_many(
     )
     notes = []
     planned: list[dict[str, Any]] = []
+    created = []
     for registration_id, (index, row, event, position) in zip(
         inserted.scalars(), placed, strict=True
     ):
         planned += reminders.registration_rows(event, policies[event.id], registration_id, row, now)
+        created.append(
+            webhook_events.Emission(
+                row["process_id"],
+                "registration.created",
+                webhook_events.registration_data({**row, "id": registration_id}, position),
+            )
+        )
         results[index] = Receipt(
             registration_id, event.id, row["status"], position, row["hold_expires_at"]
         )
@@ -340,6 +349,7 @@ async def register_many(
     if planned:  # seats confirmed at once (no double opt-in): their reminders, in one go
         await session.execute(insert(Notification), planned)
         reminders.note_planned(session, min(r["due_at"] for r in planned))
+    await webhook_events.emit(session, created, now)
     return results
 
 
@@ -501,6 +511,11 @@ async def _promote(
             reg.confirmed_at = now
         notify(session, reg, event, "promoted")
     await session.flush()
+    await webhook_events.emit(
+        session,
+        [webhook_events.registration_event(r, "registration.promoted") for r in promoted],
+        now,
+    )
     seated = [r for r in promoted if r.status == "confirmed"]
     if seated:
         await reminders.sync_registrations(session, event, seated, now)
@@ -537,6 +552,9 @@ async def cancel(
     reg.hold_expires_at = None
     notify(session, reg, event, "cancelled")
     await reminders.plan_for_registration(session, reg, event, now)
+    await webhook_events.emit(
+        session, [webhook_events.registration_event(reg, "registration.cancelled")], now
+    )
     return await promote_waiting(session, event, now, hold) if had_seat else []
 
 

@@ -102,6 +102,30 @@ class Settings:
     feeds_batch_size: int = 1000
     feeds_keep_runs: int = 200
     feeds_quarantine_limit: int = 1000
+    # Webhooks (scheduler/webhook_targets.py, webhook_delivery.py). false keeps deliveries
+    # queued. Hosts in allowed_hosts (comma-separated, "*.example.org" for its subdomains,
+    # IP addresses as written) may be plain http and may resolve to loopback or private
+    # addresses; every other URL must be https on a public address.
+    webhooks_enabled: bool = True
+    webhooks_allowed_hosts: str = ""
+    webhooks_only_allowed_hosts: bool = False
+    webhooks_connect_timeout_seconds: int = 5
+    # A whole request (connect, send, the answer's status and its first bytes) ends after this.
+    webhooks_timeout_seconds: int = 10
+    webhooks_max_attempts: int = 10
+    webhooks_retry_seconds: int = 30
+    # Longest wait between two attempts, backoff and Retry-After alike.
+    webhooks_max_retry_seconds: int = 3600
+    webhooks_batch_size: int = 50
+    webhooks_concurrency: int = 8
+    webhooks_lease_seconds: int = 120
+    # A webhook whose deliveries have failed without a single success for this long is
+    # disabled (0: never).
+    webhooks_disable_after_hours: int = 72
+    # After a rotation the previous secret keeps signing (a second signature) this long.
+    webhooks_secret_grace_hours: int = 24
+    # Finished deliveries (and their attempts) older than this are deleted daily (0: kept).
+    webhooks_keep_days: int = 30
 
     @property
     def public_base_url(self) -> str:
@@ -237,6 +261,7 @@ def _validated(settings: Settings) -> Settings:
     if settings.database_busy_timeout_ms < 0:
         raise SettingsError("database_busy_timeout_ms", "must not be negative")
     _validate_feeds(settings)
+    _validate_webhooks(settings)
     return settings
 
 
@@ -272,3 +297,38 @@ def _validate_feeds(settings: Settings) -> None:
             raise SettingsError(key, "must not be negative")
     if settings.feeds_max_bytes < 1024:
         raise SettingsError("feeds_max_bytes", "must be at least 1024")
+
+
+def _validate_webhooks(settings: Settings) -> None:
+    for entry in settings.webhooks_allowed_hosts.split(","):
+        entry = entry.strip()
+        if entry and (entry == "*" or any(c in entry for c in "/ @?#") or "://" in entry):
+            raise SettingsError(
+                "webhooks_allowed_hosts",
+                f"list host names or addresses such as hooks.example.org, got {entry!r}",
+            )
+    for key in (
+        "webhooks_connect_timeout_seconds",
+        "webhooks_timeout_seconds",
+        "webhooks_max_attempts",
+        "webhooks_retry_seconds",
+        "webhooks_max_retry_seconds",
+        "webhooks_batch_size",
+        "webhooks_concurrency",
+        "webhooks_lease_seconds",
+    ):
+        if getattr(settings, key) < 1:
+            raise SettingsError(key, "must be at least 1")
+    for key in (
+        "webhooks_disable_after_hours",
+        "webhooks_secret_grace_hours",
+        "webhooks_keep_days",
+    ):
+        if getattr(settings, key) < 0:
+            raise SettingsError(key, "must not be negative")
+    if settings.webhooks_lease_seconds < 2 * settings.webhooks_timeout_seconds + 10:
+        raise SettingsError(
+            "webhooks_lease_seconds",
+            "must be at least twice webhooks_timeout_seconds, plus 10 (an attempt, with its "
+            "name lookup, must end well within the lease)",
+        )

@@ -38,6 +38,10 @@ def server_env(data_dir: Path, database_url: str, **extra: str) -> dict[str, str
         # Every test client is 127.0.0.1, standing for hundreds of people: no per-address
         # limit here (tests/test_rate_limits.py checks the limits; pass extra to set one).
         SCHEDULER_RATE_LIMITS_PER_IP="0",
+        # Nothing beyond 127.0.0.1: a webhook URL naming any other host (the fuzzer makes
+        # them up) is refused before its name is looked up.
+        SCHEDULER_WEBHOOKS_ALLOWED_HOSTS="127.0.0.1",
+        SCHEDULER_WEBHOOKS_ONLY_ALLOWED_HOSTS="true",
     )
     env.update(extra)
     return env

@@ -32,10 +32,11 @@ from typing import Any, Literal
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from scheduler.database import open_database
 from scheduler.manage_links import load_secret, sign
-from scheduler.models import Registration
+from scheduler.models import Registration, WebhookDelivery
 from scheduler.permissions import Caller, effective, rank
 from scheduler.settings import Settings
 from tests.conftest import Api, base_settings
@@ -108,6 +109,9 @@ class World:
     doomed_milestone: int
     feed: int
     doomed_feed: int
+    webhook: int
+    doomed_webhook: int
+    delivery: int  # a finished (failed) delivery of ``webhook``, for the retry route
     to_approve: int
     to_reject: int
     to_cancel: int
@@ -348,6 +352,23 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/audit/export.ndjson"): signed_in(
         "the trail of the caller's processes", probe=body_shows_a
     ),
+    ("GET", "/api/processes/{process_id}/webhooks"): viewer(),
+    ("POST", "/api/processes/{process_id}/webhooks"): organizer(
+        body=lambda w: {"url": "http://127.0.0.1:9/hook", "event_types": ["event.moved"]}
+    ),
+    ("GET", "/api/webhooks/{webhook_id}"): viewer(hidden=True),
+    ("PATCH", "/api/webhooks/{webhook_id}"): organizer(
+        hidden=True, body=lambda w: {"description": "changed"}
+    ),
+    ("DELETE", "/api/webhooks/{webhook_id}"): organizer(
+        hidden=True, ids=lambda w: {"webhook_id": w.doomed_webhook}
+    ),
+    ("POST", "/api/webhooks/{webhook_id}/rotate-secret"): organizer(hidden=True),
+    ("POST", "/api/webhooks/{webhook_id}/test"): organizer(hidden=True),
+    ("GET", "/api/webhooks/{webhook_id}/deliveries"): viewer(hidden=True),
+    ("POST", "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): organizer(
+        hidden=True, ids=lambda w: {"delivery_id": w.delivery}
+    ),
     ("GET", "/api/privacy/export"): signed_in(
         "what the caller's processes hold about an address",
         query=lambda w: {"email": "a-person-1@example.org"},
@@ -446,7 +467,10 @@ def test_what_a_token_acts_as() -> None:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return base_settings(database_url, tmp_path).replace(
-        feeds_allowed_hosts="127.0.0.1", mail_enabled=False
+        feeds_allowed_hosts="127.0.0.1",
+        webhooks_allowed_hosts="127.0.0.1",
+        webhooks_enabled=False,
+        mail_enabled=False,
     )
 
 
@@ -472,6 +496,7 @@ async def check_route(api: Api, world: World, method: str, path: str, rule: Rule
         "event_id": world.hearing,
         "milestone_id": world.milestone,
         "feed_id": world.feed,
+        "webhook_id": world.webhook,
         "token": world.link,
         "pledge_id": 1,
     }
@@ -556,6 +581,21 @@ async def check_route(api: Api, world: World, method: str, path: str, rule: Rule
 # --- Process A, process B and their people ------------------------------------------------
 
 
+async def finished_delivery(api: Api, webhook_id: int) -> int:
+    """The ping's delivery, ended as a failed one (sending is off here) so it may be retried."""
+    db = open_database(api.settings)
+    try:
+        async with db.writer.begin() as session:
+            row = await session.scalar(
+                select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
+            )
+            assert row is not None
+            row.status, row.last_error = "failed", "connection refused"
+            return row.id
+    finally:
+        await db.dispose()
+
+
 async def build_world(api: Api, server: FeedServer) -> World:
     owner_auth = api.auth
 
@@ -599,6 +639,12 @@ async def build_world(api: Api, server: FeedServer) -> World:
         "/api/feeds", {**feed_body, "name": "a-feed-doomed", "interval_seconds": 3600}
     )
 
+    hook_body = {"url": "http://127.0.0.1:9/a-webhook-marker", "event_types": ["event.moved"]}
+    webhook = await post(f"/api/processes/{a}/webhooks", hook_body)
+    doomed_webhook = await post(f"/api/processes/{a}/webhooks", hook_body)
+    await post(f"/api/webhooks/{webhook['id']}/test", {})
+    delivery = await finished_delivery(api, webhook["id"])
+
     waiting = [
         (await post(f"/api/events/{hearing['id']}/registrations", registrant(str(n)), None))["id"]
         for n in range(1, 5)
@@ -623,6 +669,9 @@ async def build_world(api: Api, server: FeedServer) -> World:
         doomed_milestone=doomed_milestone["id"],
         feed=feed["id"],
         doomed_feed=doomed_feed["id"],
+        webhook=webhook["id"],
+        doomed_webhook=doomed_webhook["id"],
+        delivery=delivery,
         to_approve=waiting[0],
         to_reject=waiting[1],
         to_cancel=waiting[2],

@@ -130,6 +130,23 @@ def test_invalid_toml_names_the_file(default_file: Path, tmp_path: Path) -> None
         ({"SCHEDULER_LOG_LEVEL": "verbose"}, "log_level", "must be one of"),
         ({"SCHEDULER_MAX_BODY_BYTES": "10"}, "max_body_bytes", "at least 1024"),
         ({"SCHEDULER_DATABASE_POOL_SIZE": "0"}, "database_pool_size", "at least 1"),
+        ({"SCHEDULER_WEBHOOKS_ALLOWED_HOSTS": "*"}, "webhooks_allowed_hosts", "host names"),
+        (
+            {"SCHEDULER_WEBHOOKS_ALLOWED_HOSTS": "https://hooks.example.org"},
+            "webhooks_allowed_hosts",
+            "host names",
+        ),
+        ({"SCHEDULER_WEBHOOKS_MAX_ATTEMPTS": "0"}, "webhooks_max_attempts", "at least 1"),
+        (
+            {"SCHEDULER_WEBHOOKS_DISABLE_AFTER_HOURS": "-1"},
+            "webhooks_disable_after_hours",
+            "not be negative",
+        ),
+        (
+            {"SCHEDULER_WEBHOOKS_TIMEOUT_SECONDS": "60"},
+            "webhooks_lease_seconds",
+            "twice webhooks_timeout_seconds",
+        ),
     ],
 )
 def test_bad_environment_values_name_the_key(

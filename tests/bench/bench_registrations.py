@@ -8,11 +8,13 @@ each route's best. Afterwards the event is checked: exactly ``capacity`` seats t
 everyone else waiting, in a gapless order (zero overbooking).
 
 Goals (printed, never asserted): real route >= 2x the baseline's req/s, p99 <= 50 ms at 32
-connections. Mail sending is switched off in the server (rows are still queued in the same
-transaction): the bench measures the request path, as the baseline has no mail at all.
+connections. Mail and webhook sending are switched off in the server (rows are still queued
+in the same transaction): the bench measures the request path, as the baseline has no mail
+at all. With ``--webhook`` the process has a webhook subscribed to registration.created, so
+each registration also plans a webhook delivery (scheduler/webhook_events.py).
 
     .venv/bin/python tests/bench/bench_registrations.py [--duration 10] [--connections 32]
-        [--database sqlite|postgres] [--rounds 2]
+        [--database sqlite|postgres] [--rounds 2] [--webhook]
 """
 
 from __future__ import annotations
@@ -94,12 +96,17 @@ def wrk(url: str, path: str, label: str, connections: int, seconds: int, script:
     return Run(rps, pct["50"], pct["99"], int(bad.group(1)) if bad else 0)
 
 
-def seed(base: str, token: str) -> tuple[int, int]:
+def seed(base: str, token: str, webhook: bool) -> tuple[int, int]:
     auth = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=auth, timeout=30) as client:
         pid = client.post(
             "/api/processes", json={"slug": "bench", "name": "Bench", "time_zone": "UTC"}
         ).json()["id"]
+        if webhook:  # never delivered (sending is off), only planned
+            client.post(
+                f"/api/processes/{pid}/webhooks",
+                json={"url": "http://127.0.0.1:9/hook", "event_types": ["registration.created"]},
+            ).raise_for_status()
         start = datetime.now(UTC) + timedelta(days=30)
         ids = []
         for title, capacity in (("Hearing", CAPACITY), ("Naive baseline", None)):
@@ -122,16 +129,25 @@ def seed(base: str, token: str) -> tuple[int, int]:
         return ids[0], ids[1]
 
 
-def check_exact(base: str, token: str, event_id: int) -> str:
+def check_exact(base: str, token: str, event_id: int, webhook: bool) -> str:
     auth = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
         stats = client.get(f"/api/events/{event_id}/registrations/stats").json()
         waiting = client.get(f"/api/events/{event_id}/waiting-list").json()
+        planned = None
+        if webhook:
+            (hook,) = client.get("/api/processes/1/webhooks").json()
+            page = client.get(f"{hook['deliveries_url']}?limit=1").json()
+            planned = page["total"]
     by_status = stats["by_status"]
     gapless = [w["position"] for w in waiting] == list(range(1, len(waiting) + 1))
     exact = stats["seats_taken"] == min(CAPACITY, stats["total"]) <= CAPACITY and gapless
     verdict = "zero overbooking" if exact else "OVERBOOKED OR GAPS"
-    return f"{verdict}: {by_status} (capacity {CAPACITY}, waiting list gapless: {gapless})"
+    line = f"{verdict}: {by_status} (capacity {CAPACITY}, waiting list gapless: {gapless})"
+    if planned is not None:
+        # The naive route plans no deliveries: only the real route's registrations count.
+        line += f"\n  webhook deliveries planned: {planned} for {stats['total']} registrations"
+    return line
 
 
 def main() -> int:
@@ -140,6 +156,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--webhook", action="store_true", help="subscribe a webhook first")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -149,7 +166,13 @@ def main() -> int:
         script = tmp / "register.lua"
         script.write_text(LUA)
         with fresh_database(args.database, tmp) as url:
-            env = server_env(tmp, url, SCHEDULER_MAIL_ENABLED="false")
+            env = server_env(
+                tmp,
+                url,
+                SCHEDULER_MAIL_ENABLED="false",
+                SCHEDULER_WEBHOOKS_ENABLED="false",
+                SCHEDULER_WEBHOOKS_ALLOWED_HOSTS="127.0.0.1",
+            )
             cli(env, "migrate")
             token = cli(env, "organizer", "create", "--name", "Bench").strip().splitlines()[-1]
             server = LiveServer(
@@ -157,7 +180,7 @@ def main() -> int:
             )
             server.start()
             try:
-                event_id, naive_id = seed(server.base_url, token)
+                event_id, naive_id = seed(server.base_url, token, args.webhook)
                 routes = {
                     "naive baseline": f"/bench/naive/{naive_id}/registrations",
                     "registration": f"/api/events/{event_id}/registrations",
@@ -180,7 +203,7 @@ def main() -> int:
                         old = best.get(name)
                         if old is None or run.rps > old.rps:
                             best[name] = run
-                exact = check_exact(server.base_url, token, event_id)
+                exact = check_exact(server.base_url, token, event_id, args.webhook)
             finally:
                 server.stop()
     finally:
@@ -189,7 +212,7 @@ def main() -> int:
     ratio = real.rps / naive.rps
     print(
         f"\nregistration bench ({args.database}, {args.connections} connections, best of "
-        f"{args.rounds} x {args.duration} s)"
+        f"{args.rounds} x {args.duration} s{', a webhook subscribed' if args.webhook else ''})"
     )
     print(f"  naive baseline : {naive.rps:8.0f} req/s  p99 {naive.p99:6.1f} ms")
     print(f"  registration   : {real.rps:8.0f} req/s  p99 {real.p99:6.1f} ms")
