@@ -84,6 +84,7 @@ FEED_SYNC = Actor("system", None, "feed-sync")
 REMINDER_SWEEP = Actor("system", None, "reminder-sweep")
 RETENTION_PURGE = Actor("system", None, "retention-purge")
 SPEAKER_ORDER = Actor("system", None, "speaker-order")
+WEBHOOK_DELIVERY = Actor("system", None, "webhook-delivery")
 WAITING_LIST = Actor("system", None, "waiting-list")
 CLI = Actor("system", None, "cli")
 # A change made where nobody said who acts (a script, a test): recorded, and logged.

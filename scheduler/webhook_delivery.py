@@ -26,7 +26,7 @@ import httpx
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler import __version__, job_locks, metrics, outbox, webhook_signatures, webhooks
+from scheduler import __version__, audit, job_locks, metrics, outbox, webhook_signatures, webhooks
 from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.feeds import parse_hosts
@@ -434,5 +434,6 @@ class WebhookChannel:
             if hook.active and limit and now - hook.failing_since >= limit:
                 since = f"{hook.failing_since:%Y-%m-%d %H:%M} UTC"
                 reason = f"every delivery since {since} failed (last: {mine[-1].error})"
-                await webhooks.disable(session, hook, reason, now)
+                async with audit.acting_as(session, audit.WEBHOOK_DELIVERY):
+                    await webhooks.disable(session, hook, reason, now)
                 log.warning("webhook %s disabled: %s", hook.id, reason)

@@ -23,6 +23,7 @@ from scheduler.database import Database, open_database
 from scheduler.errors import Invalid
 from scheduler.mail import make_sender
 from scheduler.models import (
+    AuditEntry,
     Event,
     Process,
     Registration,
@@ -463,6 +464,15 @@ async def test_a_webhook_failing_for_long_is_disabled_and_its_deliveries_cancell
         assert "HTTP 503" in hook.disabled_reason
         row = await e.delivery(waiting)
         assert (row.status, row.last_error) == ("cancelled", "the webhook is disabled")
+        async with db.reader() as session:  # the trail says which job turned it off, and why
+            entry = await session.scalar(
+                select(AuditEntry).where(
+                    AuditEntry.entity_type == "webhook", AuditEntry.action == "webhook.updated"
+                )
+            )
+        assert entry is not None
+        assert (entry.actor_kind, entry.actor_label) == ("system", "webhook-delivery")
+        assert entry.after["active"] is False and "HTTP 503" in entry.after["disabled_reason"]
         # Nothing new is planned for a disabled webhook.
         async with db.writer.begin() as session:
             reg = await session.get_one(Registration, ids[2])
