@@ -1,9 +1,11 @@
 """Pledge feeds over HTTP: the client, the incremental parsers, and the sync itself.
 
 A run claims the feed's lease in a short transaction, then fetches every page and parses it
-as it streams in, validating each record and appending it to a scratch file: no transaction
-is open while the network is slow, and memory stays flat however large the feed. Then ONE
-write transaction applies the scratch file, so a run commits all its good changes or none.
+as it streams in, validating each record and appending it to a scratch file, minus the ones
+stored already as they are (looked up a batch at a time): no transaction is open while the
+network is slow, and memory holds a page, a batch and the ids seen, never the whole feed.
+Then ONE write transaction applies the scratch file, so a run commits all its good changes
+or none.
 Timeouts, cut-off bodies, 5xx and 429 are retried with backoff (Retry-After honoured);
 anything else ends the run with one clear error and the pledges untouched.
 """
@@ -43,6 +45,7 @@ from scheduler.pledge_writes import (
     enqueue_digest,
     prune_runs,
     quarantined_json,
+    stored_hashes,
 )
 from scheduler.pledges import BadRecord, FieldPaths, field_paths, source_id_of
 from scheduler.pledges import validate_record as validate
@@ -267,6 +270,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 # --- Incremental parsers (pure: fed text, give records) ------------------------------------
 
 _WS = re.compile(r"[ \t\n\r]*")
+_COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 # Parser states for one JSON page.
 _START, _KEY_OR_END, _KEY, _COLON, _VALUE, _AFTER_VALUE = range(6)
@@ -301,6 +305,16 @@ class JsonPageReader:
                 self._pos = 0
             self._buf += text
         return self._run()
+
+    def read(self, text: str) -> list[Any]:
+        """A whole page at once: the records ``feed(text)`` then ``close()`` give, faster.
+
+        The array of records is decoded in one call when the page is no longer than the
+        record cap (so no record can exceed it); anything the one call refuses is read
+        record by record again, for the same error at the same place.
+        """
+        self._eof = True
+        return self.feed(text) + self.close()
 
     def close(self) -> list[Any]:
         self._eof = True
@@ -373,10 +387,22 @@ class JsonPageReader:
                 if ch == "]" and state == _FIRST:
                     self._end_array(pos)
                     continue
-                got = self._decode(pos)
-                if got is None:
-                    return out
-                out.append(got[0])
+                # Record after record while they are separated by commas alone.
+                while True:
+                    got = self._decode(pos)
+                    if got is None:
+                        self._pos = pos
+                        self._state = _ELEMENT
+                        return out
+                    out.append(got[0])
+                    comma = _COMMA.match(buf, got[1])
+                    if comma is None:
+                        break
+                    pos = comma.end()
+                    if pos >= len(buf):
+                        self._pos = pos
+                        self._state = _ELEMENT
+                        return out
                 self._pos = got[1]
                 self._state = _AFTER_ELEMENT
             elif state == _AFTER_ELEMENT:
@@ -391,6 +417,8 @@ class JsonPageReader:
             elif state == _START:
                 if ch == "[":
                     self._top_array = self.has_items = True
+                    if self._whole_array(pos, out):
+                        continue
                     self._state = _FIRST
                 elif ch == "{":
                     self._state = _KEY_OR_END
@@ -417,6 +445,8 @@ class JsonPageReader:
             elif state == _VALUE:
                 if ch == "[" and self._key in ITEM_KEYS and not self.has_items:
                     self.has_items = True
+                    if self._whole_array(pos, out):
+                        continue
                     self._state = _FIRST
                     self._pos = pos + 1
                     continue
@@ -436,6 +466,19 @@ class JsonPageReader:
                 self._pos = pos + 1
             else:
                 raise self._bad(pos, "unexpected text after the end of the JSON")
+
+    def _whole_array(self, pos: int, out: list[Any]) -> bool:
+        """The array of records at ``pos`` in one call, when all of it is here and short."""
+        buf = self._buf
+        if not self._eof or len(buf) - pos > self._max:
+            return False
+        try:
+            records, end = _DECODER.raw_decode(buf, pos)
+        except json.JSONDecodeError:
+            return False  # read record by record, for the error message
+        out.extend(records)
+        self._end_array(end - 1)
+        return True
 
     def _end_array(self, pos: int) -> None:
         self._state = _DONE if self._top_array else _AFTER_VALUE
@@ -627,7 +670,7 @@ class Fetcher:
         attempt = 0
         while True:
             attempt += 1
-            mark = self.stager.mark()
+            mark = await self.stager.mark()
             try:
                 return await self._page(url, headers)
             except Retryable as exc:
@@ -680,15 +723,29 @@ class Fetcher:
             else:
                 reader = CsvReader()
             size = 0
+            # A JSON page no longer than the record cap is read whole, in one go.
+            whole: list[str] | None = [] if isinstance(reader, JsonPageReader) else None
+            held = 0
             try:
                 async for chunk in self.client.body(response):
                     size += len(chunk)
                     self.progress.bytes += len(chunk)
-                    self._take(reader.feed(decoder.decode(chunk)))
+                    text = decoder.decode(chunk)
+                    if whole is not None:
+                        whole.append(text)
+                        held += len(text)
+                        if held <= self.policy.max_record_bytes:
+                            continue
+                        text, whole = "".join(whole), None
+                    await self._take(reader.feed(text))
                 if size == 0:
                     raise FeedError("the body is empty", http_status=status)
-                self._take(reader.feed(decoder.decode(b"", final=True)))
-                self._take(reader.close())
+                tail = decoder.decode(b"", final=True)
+                if whole is not None and isinstance(reader, JsonPageReader):
+                    await self._take(reader.read("".join(whole) + tail))
+                else:
+                    await self._take(reader.feed(tail))
+                    await self._take(reader.close())
                 next_url = (
                     reader.next_url(final_url) if isinstance(reader, JsonPageReader) else None
                 )
@@ -732,16 +789,15 @@ class Fetcher:
             info = codecs.lookup("utf-8-sig")
         return info.incrementaldecoder("strict")
 
-    def _take(self, rows: list[Any]) -> None:
+    async def _take(self, rows: list[Any]) -> None:
         stager = self.stager
         now = self.now
         paths = self.paths
         for raw in rows:
-            position = stager.records + 1
             if isinstance(raw, BadRow):
                 stager.add_bad(
                     Quarantined(
-                        position,
+                        stager.records + 1,
                         source_id_of(raw.values, paths),
                         raw.reason,
                         quarantined_json(raw.values),
@@ -751,9 +807,12 @@ class Fetcher:
             try:
                 stager.add(validate(raw, paths, now))
             except BadRecord as exc:
+                position = stager.records + 1
                 stager.add_bad(
                     Quarantined(position, exc.source_id, exc.reason, quarantined_json(raw))
                 )
+        if stager.full:
+            await stager.flush()
         if rows:
             self._report()
 
@@ -825,7 +884,13 @@ class FeedRunner:
             return None
         progress = Progress(claim.target.name)
         lease = _Lease(claim.lease_until)
-        stager = Stager(s.data_dir / "feeds", s.feeds_batch_size)
+        feed_id = claim.target.id
+
+        async def known(source_ids: list[str]) -> dict[str, str]:
+            async with self.db.reader() as session:
+                return await stored_hashes(session, feed_id, source_ids)
+
+        stager = Stager(s.data_dir / "feeds", s.feeds_batch_size, known)
         try:
             try:
                 fetched = await self._fetch(claim, lease, stager, progress, on_progress)
@@ -913,11 +978,11 @@ class FeedRunner:
         digests = 0
         async with self.db.writer.begin() as session:
             # First, that the lease is still ours (on PostgreSQL this also locks the row), and
-            # a full lease for the writing.
+            # a full lease for the writing. Until this commits, the stored lease is still
+            # ``lease.until``: what _fail releases if the writing fails.
             until = utc_now() + timedelta(seconds=self.settings.feeds_lease_seconds)
             if not await feed_rules.extend_lease(session, target.id, lease.until, until):
                 raise LeaseLost
-            lease.until = until
             counts = Counts()
             if stager is not None:
                 counts = await apply_staged(
@@ -939,9 +1004,7 @@ class FeedRunner:
             run.finished_at = finished
             run.duration_ms = int(progress.seconds * 1000)
             validators = None if fetched.not_modified else (fetched.etag, fetched.last_modified)
-            await feed_rules.release(
-                session, target.id, lease.until, finished, validators=validators
-            )
+            await feed_rules.release(session, target.id, until, finished, validators=validators)
             await prune_runs(session, target.id, self.settings.feeds_keep_runs)
             if counts.changed:
                 digests = await enqueue_digest(
