@@ -41,6 +41,7 @@ from scheduler.pledge_writes import (
     Counts,
     Quarantined,
     Stager,
+    any_stored,
     apply_staged,
     enqueue_digest,
     prune_runs,
@@ -886,8 +887,17 @@ class FeedRunner:
         lease = _Lease(claim.lease_until)
         feed_id = claim.target.id
 
+        stored: bool | None = None  # whether the feed has pledges to compare with
+
         async def known(source_ids: list[str]) -> dict[str, str]:
+            nonlocal stored
+            if stored is False:
+                return {}  # a first sync: nothing to look up
             async with self.db.reader() as session:
+                if stored is None:
+                    stored = await any_stored(session, feed_id)
+                    if not stored:
+                        return {}
                 return await stored_hashes(session, feed_id, source_ids)
 
         stager = Stager(s.data_dir / "feeds", s.feeds_batch_size, known)

@@ -10,6 +10,7 @@ commit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import tempfile
@@ -202,6 +203,16 @@ class Stager:
         file.seek(end)
 
 
+async def any_stored(session: AsyncSession, feed_id: int) -> bool:
+    """Whether the feed has pledges not withdrawn (none: a first sync, nothing to compare)."""
+    found = await session.scalar(
+        select(PLEDGES.c.id)
+        .where(PLEDGES.c.feed_id == feed_id, PLEDGES.c.withdrawn_at.is_(None))
+        .limit(1)
+    )
+    return found is not None
+
+
 async def stored_hashes(
     session: AsyncSession, feed_id: int, source_ids: list[str]
 ) -> dict[str, str]:
@@ -360,8 +371,18 @@ class _Writes:
             f"WHERE {self.pledges}.{q('content_hash')} IS NOT excluded.{q('content_hash')} "
             f"OR {self.pledges}.{q('withdrawn_at')} IS NOT NULL"
         )
-        for batch in batches:
-            await self.conn.exec_driver_sql(sql, self.rows(batch))
+        # While the database thread writes one batch, this one reads and converts the next.
+        writing: asyncio.Future[Any] | None = None
+        try:
+            for batch in batches:
+                rows = self.rows(batch)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(self.conn.exec_driver_sql(sql, rows))
+                await asyncio.sleep(0)  # on its way to the database thread
+        finally:
+            if writing is not None:
+                await writing
 
     def _written(self, alias: str = "") -> str:
         """This run's rows of the feed: first and last parameters the feed and the mark."""
@@ -385,13 +406,17 @@ class _Writes:
         )
 
     async def withdraw(self, seen: list[str]) -> int:
-        """Mark the feed's pledges whose ids the run did not see; how many."""
+        """Mark the feed's pledges whose ids the run did not see; how many.
+
+        The rows this run wrote were seen, by definition: only the others are looked up.
+        """
         q = self.q
         result = await self.conn.exec_driver_sql(
             f"UPDATE {self.pledges} SET {q('withdrawn_at')} = ? "  # noqa: S608
             f"WHERE {q('feed_id')} = ? AND {q('withdrawn_at')} IS NULL "
+            f"AND {q('last_seen_at')} <> ? "
             f"AND {q('source_id')} NOT IN (SELECT value FROM json_each(?))",
-            (self.mark, self.target.id, msgspec.json.encode(seen).decode()),
+            (self.mark, self.target.id, self.mark, msgspec.json.encode(seen).decode()),
         )
         return int(result.rowcount or 0)
 
@@ -449,6 +474,8 @@ class _PostgresWrites(_Writes):
 
         columns = {"position": "integer", **{name: types[name] for name in _RECORD}}
         await self._copy(_RECORDS, columns, records())
+        # Room to sort the records back into feed order (for the ids) in memory.
+        await self.conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         names = ", ".join(f"r.{q(c)}" for c in _RECORD)
         stamp = types["last_seen_at"]
         inserted = ("feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at")
@@ -495,6 +522,7 @@ class _PostgresWrites(_Writes):
         result = await self.conn.exec_driver_sql(
             f"UPDATE {self.pledges} AS p SET {q('withdrawn_at')} = $1 "  # noqa: S608
             f"WHERE p.{q('feed_id')} = $2 AND p.{q('withdrawn_at')} IS NULL "
+            f"AND p.{q('last_seen_at')} <> $1 "
             f"AND NOT EXISTS (SELECT 1 FROM {_SEEN} AS s "
             f"WHERE s.{q('source_id')} = p.{q('source_id')})",
             (self.mark, self.target.id),
