@@ -216,27 +216,36 @@ async def any_stored(session: AsyncSession, feed_id: int) -> bool:
 async def stored_hashes(
     session: AsyncSession, feed_id: int, source_ids: list[str]
 ) -> dict[str, str]:
-    """The content hashes of the feed's pledges (not withdrawn) with these ids."""
+    """The content hashes of the feed's pledges (not withdrawn) with these ids.
+
+    They come back as one JSON object: a thousand rows through the driver cost more than
+    the lookup itself.
+    """
     connection = await session.connection()
     q = connection.dialect.identifier_preparer.quote
-    pledges = q(PLEDGES.name)
+    pledges, source_id, digest = q(PLEDGES.name), q("source_id"), q("content_hash")
     if connection.dialect.name == "postgresql":
         # A custom plan each time: a cached one may have been made while the table was
         # empty, and would then read all of it for every batch.
         await connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
-        where = f"{q('source_id')} = ANY($2::varchar[])"
+        gather, feed, among = "json_object_agg", "$1", "= ANY($2::varchar[])"
         ids: Any = source_ids
-        feed = "$1"
     else:
-        where = f"{q('source_id')} IN (SELECT value FROM json_each(?))"  # noqa: S608
+        gather, feed, among = "json_group_object", "?", "IN (SELECT value FROM json_each(?))"
         ids = msgspec.json.encode(source_ids).decode()
-        feed = "?"
-    rows = await connection.exec_driver_sql(
-        f"SELECT {q('source_id')}, {q('content_hash')} FROM {pledges} "  # noqa: S608
-        f"WHERE {q('feed_id')} = {feed} AND {where} AND {q('withdrawn_at')} IS NULL",
+    result = await connection.exec_driver_sql(
+        f"SELECT {gather}({source_id}, {digest}) FROM {pledges} "  # noqa: S608
+        f"WHERE {q('feed_id')} = {feed} AND {source_id} {among} AND {q('withdrawn_at')} IS NULL",
         (feed_id, ids),
     )
-    return dict(cast("list[tuple[str, str]]", rows.all()))
+    found = result.scalar()
+    if not found:
+        return {}
+    # JSON text from SQLite; from asyncpg, already decoded by the codec SQLAlchemy sets up.
+    return _HASHES.decode(found) if isinstance(found, str) else cast("dict[str, str]", found)
+
+
+_HASHES = msgspec.json.Decoder(dict[str, str])
 
 
 def _duplicate(record: PledgeRecord) -> Quarantined:
