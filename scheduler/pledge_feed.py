@@ -28,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import httpx
+import msgspec
+from msgspec.structs import astuple
 from sqlalchemy import select
 
 from scheduler import __version__, metrics
@@ -48,7 +50,14 @@ from scheduler.pledge_writes import (
     quarantined_json,
     stored_hashes,
 )
-from scheduler.pledges import BadRecord, FieldPaths, field_paths, source_id_of
+from scheduler.pledges import (
+    BadRecord,
+    FieldPaths,
+    field_paths,
+    record_type,
+    source_id_of,
+    validate_fields,
+)
 from scheduler.pledges import validate_record as validate
 from scheduler.settings import Settings
 
@@ -284,9 +293,18 @@ class JsonPageReader:
     The page is an array of records, or an object holding them under one of ITEM_KEYS next
     to its paging (``next``, ``links.next``, or ``page`` with ``pages``/``total_pages``).
     Memory holds the unread tail of the text and one record at a time.
+
+    Given a ``record_type`` (pledges.record_type), a page read whole has its records read
+    straight into that type when they all fit (``typed`` says so; else they are read as
+    usual and ``refused_type`` says so): the same values, at twice the speed.
     """
 
-    def __init__(self, max_record_chars: int = 1_048_576) -> None:
+    def __init__(
+        self, max_record_chars: int = 1_048_576, record_type: type[Any] | None = None
+    ) -> None:
+        self._typed = msgspec.json.Decoder(list[record_type]) if record_type else None  # type: ignore[valid-type]
+        self.typed = False
+        self.refused_type = False
         self._buf = ""
         self._pos = 0
         self._dropped = 0
@@ -473,6 +491,18 @@ class JsonPageReader:
         buf = self._buf
         if not self._eof or len(buf) - pos > self._max:
             return False
+        if self._typed is not None:
+            # Most pages end with their records: if the text up to the last "]" is one
+            # array, it is this one (a JSON value has one end), else read it as usual.
+            end = buf.rfind("]")
+            try:
+                out.extend(self._typed.decode(buf[pos : end + 1]))
+            except msgspec.DecodeError:  # malformed here, or a record of another shape
+                self.refused_type = True
+            else:
+                self.typed = True
+                self._end_array(end)
+                return True
         try:
             records, end = _DECODER.raw_decode(buf, pos)
         except json.JSONDecodeError:
@@ -625,6 +655,8 @@ class Fetcher:
         self.on_progress = on_progress
         self.sleep = sleep
         self.paths: FieldPaths = field_paths(target.field_map, nested=target.format == "json")
+        # Records read straight into a type, until a page does not fit it (then, as usual).
+        self._record_type = record_type(self.paths) if target.format == "json" else None
         self._auth = (
             (target.auth_header_name, target.auth_header_value) if target.auth_header_name else None
         )
@@ -720,7 +752,7 @@ class Fetcher:
             decoder = self._decoder(response)
             reader: JsonPageReader | CsvReader
             if self.target.format == "json":
-                reader = JsonPageReader(self.policy.max_record_bytes)
+                reader = JsonPageReader(self.policy.max_record_bytes, self._record_type)
             else:
                 reader = CsvReader()
             size = 0
@@ -743,7 +775,15 @@ class Fetcher:
                     raise FeedError("the body is empty", http_status=status)
                 tail = decoder.decode(b"", final=True)
                 if whole is not None and isinstance(reader, JsonPageReader):
-                    await self._take(reader.read("".join(whole) + tail))
+                    page = "".join(whole) + tail
+                    records = reader.read(page)
+                    if reader.refused_type:
+                        self._record_type = None
+
+                    def untyped() -> list[Any]:
+                        return JsonPageReader(self.policy.max_record_bytes).read(page)
+
+                    await self._take(records, untyped if reader.typed else None)
                 else:
                     await self._take(reader.feed(tail))
                     await self._take(reader.close())
@@ -790,11 +830,26 @@ class Fetcher:
             info = codecs.lookup("utf-8-sig")
         return info.incrementaldecoder("strict")
 
-    async def _take(self, rows: list[Any]) -> None:
+    async def _take(self, rows: list[Any], untyped: Callable[[], list[Any]] | None = None) -> None:
+        """Validate and stage records; ``untyped``: the same page read as plain JSON objects
+        (given when ``rows`` were read into the record type)."""
         stager = self.stager
         now = self.now
         paths = self.paths
-        for raw in rows:
+        start = 0
+        if untyped is not None:
+            for start, row in enumerate(rows):  # noqa: B007 (where the plain reading goes on)
+                try:
+                    stager.add(validate_fields(astuple(row), now))
+                except BadRecord:
+                    # A quarantined record keeps the whole object it came as (unknown fields
+                    # too): the rest of this page, and the pages after, are read as usual.
+                    self._record_type = None
+                    rows = untyped()
+                    break
+            else:
+                start = len(rows)
+        for raw in rows[start:] if start else rows:
             if isinstance(raw, BadRow):
                 stager.add_bad(
                     Quarantined(

@@ -151,6 +151,24 @@ def field_paths(field_map: Mapping[str, str], *, nested: bool) -> FieldPaths:
     return paths
 
 
+def record_type(paths: FieldPaths) -> type[msgspec.Struct] | None:
+    """A type msgspec reads a JSON record into, its fields the values ``validate_fields``
+    takes (missing ones None, as for a mapping); None when a name is dotted or used twice.
+
+    Every field is Any: whatever JSON value a field holds comes out as it would from
+    ``json``, and validation stays the one judge of it.
+    """
+    if paths.flat is None or len(set(paths.flat)) < len(paths.flat):
+        return None
+    return msgspec.defstruct(
+        "FeedRecord",
+        [(key, Any, None) for key in FIELD_NAMES],
+        rename=dict(zip(FIELD_NAMES, paths.flat, strict=True)),
+        kw_only=True,
+        gc=False,
+    )
+
+
 def _lookup(raw: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     if len(path) == 1:
         return raw.get(path[0])
@@ -183,6 +201,11 @@ def validate_record(raw: Any, paths: FieldPaths, now: datetime) -> PledgeRecord:
         values = tuple(map(raw.get, paths.flat))
     else:
         values = tuple(_lookup(raw, paths[key]) for key in FIELD_NAMES)
+    return validate_fields(values, now)
+
+
+def validate_fields(values: tuple[Any, ...], now: datetime) -> PledgeRecord:
+    """``validate_record`` for a record's values already read, in FIELD_NAMES order."""
     (sid, title, name, ptype, country, region, kind, matches, form, objectives, status,
      submitted, updated, url) = values  # fmt: skip
     source_id = sid.strip() if type(sid) is str and 0 < len(sid) <= 200 else _source_id(sid)

@@ -630,6 +630,21 @@ async def test_bad_records_are_quarantined_and_good_ones_kept(
     assert "ATLANTIS" in rows[0].reason
 
 
+async def test_a_quarantined_record_keeps_the_whole_object_it_came_as(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    odd = {**pledge(6, form="nope"), "note": "a field nobody asked for"}
+    server.set_records([*RECORDS[:6], odd, *RECORDS[7:]])  # page 2 of 3
+    feed_id = await make_feed(db, server.url("/pledges.json"))
+    run = await sync(db, settings, feed_id)
+    assert (run.outcome, counts(run)) == ("success", (11, 0, 0, 0, 1))
+    async with db.reader() as session:
+        shown = await session.scalar(select(QuarantinedRecord))
+    assert shown is not None and shown.reason.startswith("record 7: form:")
+    assert shown.record == odd
+    assert sorted(await pledges_by_id(db)) == [r["id"] for r in RECORDS if r["id"] != "P-000006"]
+
+
 async def test_hosts_off_the_allow_list_are_never_asked(
     db: Database, settings: Settings, server: FeedServer
 ) -> None:

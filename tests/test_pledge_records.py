@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from msgspec.structs import astuple
 
 from scheduler import feeds
 from scheduler.errors import Invalid
@@ -36,7 +37,9 @@ from scheduler.pledges import (
     content_hash,
     csv_cells,
     field_paths,
+    record_type,
     source_id_of,
+    validate_fields,
     validate_record,
 )
 from tests.feed_server import csv_body, pledge
@@ -355,6 +358,36 @@ def test_a_page_read_whole_gives_what_reading_it_in_pieces_gives(text: str) -> N
         assert in_pieces == got
     else:  # refused too, for the same reason (read in pieces, it may say a little more)
         assert in_pieces.startswith(got.rsplit(" at character", 1)[0])
+
+
+def test_records_read_into_the_record_type_give_the_values_a_mapping_gives() -> None:
+    typed = record_type(PATHS)
+    assert typed is not None
+    records = [pledge(1), {**pledge(2), "note": "unknown", "title": " spaced "}, {"id": 3}]
+    text = json.dumps({"items": records, "links": {"next": "/p2"}})
+    reader = JsonPageReader(1_000_000, typed)
+    rows = reader.read(text)
+    assert reader.typed and reader.meta == {"links": {"next": "/p2"}}
+    assert [astuple(row) for row in rows] == [
+        tuple(r.get(name) for name in PATHS.flat or ()) for r in records
+    ]
+    assert validate_fields(astuple(rows[0]), NOW) == valid(records[0])
+
+    # Records that do not fit (not an object here), or a page that ends otherwise: as usual.
+    for page in (PAGE, json.dumps({"items": records, "errors": []}), "[" + text):
+        plain, reader = JsonPageReader(1_000_000), JsonPageReader(1_000_000, typed)
+        try:
+            expected: Any = plain.read(page)
+        except MalformedBody as exc:
+            expected = str(exc)
+        try:
+            got: Any = reader.read(page)
+        except MalformedBody as exc:
+            got = str(exc)
+        assert got == expected and not reader.typed and reader.refused_type
+    # A field map that nests, or reads one name twice, has no record type.
+    assert record_type(field_paths({"title": "a.b"}, nested=True)) is None
+    assert record_type(field_paths({"title": "name", "pledger_name": "name"}, nested=True)) is None
 
 
 def test_a_malformed_record_far_from_the_end_is_caught_without_reading_on() -> None:
