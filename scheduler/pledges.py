@@ -245,11 +245,18 @@ def validate_fields(values: tuple[Any, ...], now: datetime) -> PledgeRecord:
             region = region.strip()
         else:
             region = _text("region", region)
-        # A list of ints (never bools) within 1-23: set(map(type, ...)) is one C loop.
+        # A list of ints (never bools) within 1-23: set(map(type, ...)) is one C loop. Or,
+        # as CSV has them, numbers between single semicolons ("3;17").
         if (
             type(objectives) is list
             and set(map(type, objectives)) <= _INT
             and ((chosen := set(objectives)) <= _OBJECTIVE_SET)
+        ) or (
+            type(objectives) is str
+            and objectives.replace(";", "").isdecimal()
+            and objectives[0] != ";" != objectives[-1]
+            and ";;" not in objectives
+            and ((chosen := set(map(int, objectives.split(";")))) <= _OBJECTIVE_SET)
         ):
             objectives = sorted(chosen)
         else:
@@ -368,7 +375,7 @@ def _objectives(value: Any) -> list[int]:
     for item in items:
         if isinstance(item, bool):
             raise BadRecord("objectives: expected numbers 1-23")
-        if isinstance(item, str) and item.strip().isdigit():
+        if isinstance(item, str) and item.strip().isdecimal():  # "²" is a digit, not a number
             item = int(item)
         if not isinstance(item, int) or item not in OBJECTIVES:
             raise BadRecord(f"objectives: {str(item)[:20]!r} is not a GCM objective (1-23)")

@@ -168,6 +168,11 @@ def test_times_are_read_the_same_on_the_quick_path_and_the_careful_one(
 
 def test_objectives_and_matches_are_read_the_same_on_the_quick_path_and_the_careful_one() -> None:
     assert valid(pledge(1, objectives=[3, 3, 1])).objectives == [1, 3]
+    assert valid(pledge(1, objectives="8;1;8")).objectives == [1, 8]
+    assert valid(pledge(1, objectives="1;;2;")).objectives == [1, 2]
+    assert valid(pledge(1, objectives="٣;4")).objectives == [3, 4]  # Arabic-Indic three
+    assert "is not a GCM objective" in refused(pledge(1, objectives="1;24")).reason
+    assert "is not a GCM objective" in refused(pledge(1, objectives="²")).reason
     assert valid(pledge(1, objectives=[])).objectives == []
     assert "is not a GCM objective" in refused(pledge(1, objectives=[1.0])).reason
     assert valid(pledge(9, matches=" P-000008 ")).matches_source_id == "P-000008"
