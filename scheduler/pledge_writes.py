@@ -450,8 +450,10 @@ class _Writes:
 class _PostgresWrites(_Writes):
     """PostgreSQL: the records copied into a temporary table, then set-based statements.
 
-    COPY is the cheapest way in for many rows; the upsert then skips unchanged rows in a
-    join (ON CONFLICT alone would lock each of them), and keeps the feed's order for ids.
+    COPY is the cheapest way in for many rows. Then one UPDATE for the stored pledges that
+    changed and one INSERT for the new ones, in the feed's order: an INSERT ... ON CONFLICT
+    would take an id from the sequence for every row it updates instead (gaps in the ids),
+    and lock the unchanged ones.
     """
 
     def __init__(self, conn: AsyncConnection, target: FeedTarget, mark: datetime) -> None:
@@ -483,21 +485,26 @@ class _PostgresWrites(_Writes):
 
         columns = {"position": "integer", **{name: types[name] for name in _RECORD}}
         await self._copy(_RECORDS, columns, records())
-        # Room to sort the records back into feed order (for the ids) in memory.
+        stamp = types["last_seen_at"]
+        sets = ", ".join(f"{q(c)} = r.{q(c)}" for c in _DATA)
+        await self.conn.exec_driver_sql(
+            f"UPDATE {self.pledges} AS p SET {sets}, {q('withdrawn_at')} = NULL, "  # noqa: S608
+            f"{q('last_seen_at')} = $2::{stamp} FROM {_RECORDS} AS r "
+            f"WHERE p.{q('feed_id')} = $1::integer AND p.{q('source_id')} = r.{q('source_id')} "
+            f"AND (p.{q('content_hash')} <> r.{q('content_hash')} "
+            f"OR p.{q('withdrawn_at')} IS NOT NULL)",
+            (self.target.id, self.mark),
+        )
+        # Room to sort the new records back into feed order (for the ids) in memory.
         await self.conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         names = ", ".join(f"r.{q(c)}" for c in _RECORD)
-        stamp = types["last_seen_at"]
         inserted = ("feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at")
         await self.conn.exec_driver_sql(
             f"INSERT INTO {self.pledges} ({', '.join(map(q, inserted))}) "  # noqa: S608
             f"SELECT $1::integer, $2::integer, {names}, $3::{stamp}, $3::{stamp} "
             f"FROM {_RECORDS} AS r WHERE NOT EXISTS (SELECT 1 FROM {self.pledges} AS p "
-            f"WHERE p.{q('feed_id')} = $1 AND p.{q('source_id')} = r.{q('source_id')} "
-            f"AND p.{q('content_hash')} = r.{q('content_hash')} "
-            f"AND p.{q('withdrawn_at')} IS NULL) "
-            f"ORDER BY r.{q('position')} "
-            f"ON CONFLICT ({q('feed_id')}, {q('source_id')}) DO UPDATE SET {self.sets}, "
-            f"{q('withdrawn_at')} = NULL, {q('last_seen_at')} = excluded.{q('last_seen_at')}",
+            f"WHERE p.{q('feed_id')} = $1 AND p.{q('source_id')} = r.{q('source_id')}) "
+            f"ORDER BY r.{q('position')}",
             (self.target.id, self.target.process_id, self.mark),
         )
 

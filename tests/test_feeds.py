@@ -290,6 +290,7 @@ async def test_a_run_writes_only_what_changed_and_keeps_objectives_in_step(
     written = {sid for sid, p in stored.items() if p.last_seen_at == third.started_at}
     assert written == {"P-000004", "P-000020"}  # the others were left as they were
     assert stored["P-000020"].first_seen_at == third.started_at
+    assert stored["P-000020"].id == in_order[-1].id + 1  # updating took no ids: no gaps
     assert stored["P-000004"].first_seen_at == first.started_at
     assert await objective_rows(db) == {sid: p.objectives for sid, p in stored.items()}
     assert (await objective_rows(db))["P-000004"] == [23]
