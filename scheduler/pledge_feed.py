@@ -1,9 +1,11 @@
 """Pledge feeds over HTTP: the client, the incremental parsers, and the sync itself.
 
 A run claims the feed's lease in a short transaction, then fetches every page and parses it
-as it streams in, validating each record and appending it to a scratch file: no transaction
-is open while the network is slow, and memory stays flat however large the feed. Then ONE
-write transaction applies the scratch file, so a run commits all its good changes or none.
+as it streams in, validating each record and appending it to a scratch file, minus the ones
+stored already as they are (looked up a batch at a time): no transaction is open while the
+network is slow, and memory holds a page, a batch and the ids seen, never the whole feed.
+Then ONE write transaction applies the scratch file, so a run commits all its good changes
+or none.
 Timeouts, cut-off bodies, 5xx and 429 are retried with backoff (Retry-After honoured);
 anything else ends the run with one clear error and the pledges untouched.
 """
@@ -26,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import httpx
+import msgspec
+from msgspec.structs import astuple
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,12 +44,21 @@ from scheduler.pledge_writes import (
     Counts,
     Quarantined,
     Stager,
+    any_stored,
     apply_staged,
     enqueue_digest,
     prune_runs,
     quarantined_json,
+    stored_hashes,
 )
-from scheduler.pledges import BadRecord, FieldPaths, field_paths, source_id_of
+from scheduler.pledges import (
+    BadRecord,
+    FieldPaths,
+    field_paths,
+    record_type,
+    source_id_of,
+    validate_fields,
+)
 from scheduler.pledges import validate_record as validate
 from scheduler.settings import Settings
 
@@ -268,6 +281,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 # --- Incremental parsers (pure: fed text, give records) ------------------------------------
 
 _WS = re.compile(r"[ \t\n\r]*")
+_COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 # Parser states for one JSON page.
 _START, _KEY_OR_END, _KEY, _COLON, _VALUE, _AFTER_VALUE = range(6)
@@ -280,9 +294,18 @@ class JsonPageReader:
     The page is an array of records, or an object holding them under one of ITEM_KEYS next
     to its paging (``next``, ``links.next``, or ``page`` with ``pages``/``total_pages``).
     Memory holds the unread tail of the text and one record at a time.
+
+    Given a ``record_type`` (pledges.record_type), a page read whole has its records read
+    straight into that type when they all fit (``typed`` says so; else they are read as
+    usual and ``refused_type`` says so): the same values, at twice the speed.
     """
 
-    def __init__(self, max_record_chars: int = 1_048_576) -> None:
+    def __init__(
+        self, max_record_chars: int = 1_048_576, record_type: type[Any] | None = None
+    ) -> None:
+        self._typed = msgspec.json.Decoder(list[record_type]) if record_type else None  # type: ignore[valid-type]
+        self.typed = False
+        self.refused_type = False
         self._buf = ""
         self._pos = 0
         self._dropped = 0
@@ -302,6 +325,16 @@ class JsonPageReader:
                 self._pos = 0
             self._buf += text
         return self._run()
+
+    def read(self, text: str) -> list[Any]:
+        """A whole page at once: the records ``feed(text)`` then ``close()`` give, faster.
+
+        The array of records is decoded in one call when the page is no longer than the
+        record cap (so no record can exceed it); anything the one call refuses is read
+        record by record again, for the same error at the same place.
+        """
+        self._eof = True
+        return self.feed(text) + self.close()
 
     def close(self) -> list[Any]:
         self._eof = True
@@ -374,10 +407,22 @@ class JsonPageReader:
                 if ch == "]" and state == _FIRST:
                     self._end_array(pos)
                     continue
-                got = self._decode(pos)
-                if got is None:
-                    return out
-                out.append(got[0])
+                # Record after record while they are separated by commas alone.
+                while True:
+                    got = self._decode(pos)
+                    if got is None:
+                        self._pos = pos
+                        self._state = _ELEMENT
+                        return out
+                    out.append(got[0])
+                    comma = _COMMA.match(buf, got[1])
+                    if comma is None:
+                        break
+                    pos = comma.end()
+                    if pos >= len(buf):
+                        self._pos = pos
+                        self._state = _ELEMENT
+                        return out
                 self._pos = got[1]
                 self._state = _AFTER_ELEMENT
             elif state == _AFTER_ELEMENT:
@@ -392,6 +437,8 @@ class JsonPageReader:
             elif state == _START:
                 if ch == "[":
                     self._top_array = self.has_items = True
+                    if self._whole_array(pos, out):
+                        continue
                     self._state = _FIRST
                 elif ch == "{":
                     self._state = _KEY_OR_END
@@ -418,6 +465,8 @@ class JsonPageReader:
             elif state == _VALUE:
                 if ch == "[" and self._key in ITEM_KEYS and not self.has_items:
                     self.has_items = True
+                    if self._whole_array(pos, out):
+                        continue
                     self._state = _FIRST
                     self._pos = pos + 1
                     continue
@@ -437,6 +486,31 @@ class JsonPageReader:
                 self._pos = pos + 1
             else:
                 raise self._bad(pos, "unexpected text after the end of the JSON")
+
+    def _whole_array(self, pos: int, out: list[Any]) -> bool:
+        """The array of records at ``pos`` in one call, when all of it is here and short."""
+        buf = self._buf
+        if not self._eof or len(buf) - pos > self._max:
+            return False
+        if self._typed is not None:
+            # Most pages end with their records: if the text up to the last "]" is one
+            # array, it is this one (a JSON value has one end), else read it as usual.
+            end = buf.rfind("]")
+            try:
+                out.extend(self._typed.decode(buf[pos : end + 1]))
+            except msgspec.DecodeError:  # malformed here, or a record of another shape
+                self.refused_type = True
+            else:
+                self.typed = True
+                self._end_array(end)
+                return True
+        try:
+            records, end = _DECODER.raw_decode(buf, pos)
+        except json.JSONDecodeError:
+            return False  # read record by record, for the error message
+        out.extend(records)
+        self._end_array(end - 1)
+        return True
 
     def _end_array(self, pos: int) -> None:
         self._state = _DONE if self._top_array else _AFTER_VALUE
@@ -582,6 +656,8 @@ class Fetcher:
         self.on_progress = on_progress
         self.sleep = sleep
         self.paths: FieldPaths = field_paths(target.field_map, nested=target.format == "json")
+        # Records read straight into a type, until a page does not fit it (then, as usual).
+        self._record_type = record_type(self.paths) if target.format == "json" else None
         self._auth = (
             (target.auth_header_name, target.auth_header_value) if target.auth_header_name else None
         )
@@ -628,7 +704,7 @@ class Fetcher:
         attempt = 0
         while True:
             attempt += 1
-            mark = self.stager.mark()
+            mark = await self.stager.mark()
             try:
                 return await self._page(url, headers)
             except Retryable as exc:
@@ -677,19 +753,41 @@ class Fetcher:
             decoder = self._decoder(response)
             reader: JsonPageReader | CsvReader
             if self.target.format == "json":
-                reader = JsonPageReader(self.policy.max_record_bytes)
+                reader = JsonPageReader(self.policy.max_record_bytes, self._record_type)
             else:
                 reader = CsvReader()
             size = 0
+            # A JSON page no longer than the record cap is read whole, in one go.
+            whole: list[str] | None = [] if isinstance(reader, JsonPageReader) else None
+            held = 0
             try:
                 async for chunk in self.client.body(response):
                     size += len(chunk)
                     self.progress.bytes += len(chunk)
-                    self._take(reader.feed(decoder.decode(chunk)))
+                    text = decoder.decode(chunk)
+                    if whole is not None:
+                        whole.append(text)
+                        held += len(text)
+                        if held <= self.policy.max_record_bytes:
+                            continue
+                        text, whole = "".join(whole), None
+                    await self._take(reader.feed(text))
                 if size == 0:
                     raise FeedError("the body is empty", http_status=status)
-                self._take(reader.feed(decoder.decode(b"", final=True)))
-                self._take(reader.close())
+                tail = decoder.decode(b"", final=True)
+                if whole is not None and isinstance(reader, JsonPageReader):
+                    page = "".join(whole) + tail
+                    records = reader.read(page)
+                    if reader.refused_type:
+                        self._record_type = None
+
+                    def untyped() -> list[Any]:
+                        return JsonPageReader(self.policy.max_record_bytes).read(page)
+
+                    await self._take(records, untyped if reader.typed else None)
+                else:
+                    await self._take(reader.feed(tail))
+                    await self._take(reader.close())
                 next_url = (
                     reader.next_url(final_url) if isinstance(reader, JsonPageReader) else None
                 )
@@ -733,16 +831,30 @@ class Fetcher:
             info = codecs.lookup("utf-8-sig")
         return info.incrementaldecoder("strict")
 
-    def _take(self, rows: list[Any]) -> None:
+    async def _take(self, rows: list[Any], untyped: Callable[[], list[Any]] | None = None) -> None:
+        """Validate and stage records; ``untyped``: the same page read as plain JSON objects
+        (given when ``rows`` were read into the record type)."""
         stager = self.stager
         now = self.now
         paths = self.paths
-        for raw in rows:
-            position = stager.records + 1
+        start = 0
+        if untyped is not None:
+            for start, row in enumerate(rows):  # noqa: B007 (where the plain reading goes on)
+                try:
+                    stager.add(validate_fields(astuple(row), now))
+                except BadRecord:
+                    # A quarantined record keeps the whole object it came as (unknown fields
+                    # too): the rest of this page, and the pages after, are read as usual.
+                    self._record_type = None
+                    rows = untyped()
+                    break
+            else:
+                start = len(rows)
+        for raw in rows[start:] if start else rows:
             if isinstance(raw, BadRow):
                 stager.add_bad(
                     Quarantined(
-                        position,
+                        stager.records + 1,
                         source_id_of(raw.values, paths),
                         raw.reason,
                         quarantined_json(raw.values),
@@ -752,9 +864,12 @@ class Fetcher:
             try:
                 stager.add(validate(raw, paths, now))
             except BadRecord as exc:
+                position = stager.records + 1
                 stager.add_bad(
                     Quarantined(position, exc.source_id, exc.reason, quarantined_json(raw))
                 )
+        if stager.full:
+            await stager.flush()
         if rows:
             self._report()
 
@@ -836,7 +951,22 @@ class FeedRunner:
             return None
         progress = Progress(claim.target.name)
         lease = _Lease(claim.lease_until)
-        stager = Stager(s.data_dir / "feeds", s.feeds_batch_size)
+        feed_id = claim.target.id
+
+        stored: bool | None = None  # whether the feed has pledges to compare with
+
+        async def known(source_ids: list[str]) -> dict[str, str]:
+            nonlocal stored
+            if stored is False:
+                return {}  # a first sync: nothing to look up
+            async with self.db.reader() as session:
+                if stored is None:
+                    stored = await any_stored(session, feed_id)
+                    if not stored:
+                        return {}
+                return await stored_hashes(session, feed_id, source_ids)
+
+        stager = Stager(s.data_dir / "feeds", s.feeds_batch_size, known)
         try:
             try:
                 fetched = await self._fetch(claim, lease, stager, progress, on_progress)
@@ -924,11 +1054,11 @@ class FeedRunner:
         digests = 0
         async with self.db.writer.begin() as session:
             # First, that the lease is still ours (on PostgreSQL this also locks the row), and
-            # a full lease for the writing.
+            # a full lease for the writing. Until this commits, the stored lease is still
+            # ``lease.until``: what _fail releases if the writing fails.
             until = utc_now() + timedelta(seconds=self.settings.feeds_lease_seconds)
             if not await feed_rules.extend_lease(session, target.id, lease.until, until):
                 raise LeaseLost
-            lease.until = until
             counts = Counts()
             if stager is not None:
                 counts = await apply_staged(
@@ -950,9 +1080,7 @@ class FeedRunner:
             run.finished_at = finished
             run.duration_ms = int(progress.seconds * 1000)
             validators = None if fetched.not_modified else (fetched.etag, fetched.last_modified)
-            await feed_rules.release(
-                session, target.id, lease.until, finished, validators=validators
-            )
+            await feed_rules.release(session, target.id, until, finished, validators=validators)
             await prune_runs(session, target.id, self.settings.feeds_keep_runs)
             record_run(session, target, run)
             if counts.changed:

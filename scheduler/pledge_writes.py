@@ -1,35 +1,27 @@
 """How a run's records reach the database: a scratch file, then one transaction.
 
-While a feed is fetched, validated records go to a scratch file on disk (memory stays flat,
-no transaction is open); then ``apply_staged`` writes them in the run's one transaction:
-new pledges inserted, changed ones updated, unchanged ones left alone (a hash compared),
-the rest withdrawn. Services here take a session and never commit.
+While a feed is fetched, validated records go to a scratch file on disk (no transaction is
+open, memory holds the ids seen rather than the records); then ``apply_staged`` writes them
+in the run's one transaction, set-based: one upsert that inserts new pledges and rewrites
+changed ones (a content hash compared; unchanged rows are not touched), then the objective
+rows and the withdrawals as single statements. Services here take a session and never
+commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
 import msgspec
-from sqlalchemy import (
-    CursorResult,
-    Result,
-    Table,
-    column,
-    delete,
-    exists,
-    insert,
-    select,
-    table,
-    update,
-)
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from scheduler.feeds import FeedTarget
@@ -68,18 +60,30 @@ class _Mark:
     good_at: int
     bad_at: int
     good: int
+    unchanged: int
     bad: int
     bad_without_id: int
+
+
+# The stored content hashes of the feed's pledges (not withdrawn) with some ids.
+Known = Callable[[list[str]], Awaitable[dict[str, str]]]
 
 
 class Stager:
     """Validated records on their way to the database, in a scratch file on disk.
 
     Good records and quarantined ones go to two files in msgpack frames of one batch each;
-    a page that must be fetched again is rewound to the mark taken before it.
+    a page that must be fetched again is rewound to the mark taken before it. Before a
+    batch is written, ``known`` (when given) says which of its records are stored already
+    with the same content: those are counted as unchanged and go no further, so an
+    unchanged feed costs a lookup per batch and no writes.
+
+    The ids seen stay in memory (about 100 bytes each): a record whose id an earlier good
+    record had is set aside here (the first one wins), so the writes never meet a
+    duplicate; and every id seen, readable record or not, is one the run does not withdraw.
     """
 
-    def __init__(self, directory: Path | None, batch_size: int) -> None:
+    def __init__(self, directory: Path | None, batch_size: int, known: Known | None = None) -> None:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
         # Closed by close(); deleted by the OS even if the process dies.
@@ -88,8 +92,14 @@ class Stager:
         self._good: list[PledgeRecord] = []
         self._bad: list[Quarantined] = []
         self._batch = batch_size
+        self._known = known
         self._encoder = msgspec.msgpack.Encoder()
-        self.good = 0
+        self._ids: set[str] = set()  # of good records
+        self._alive: set[str] = set()  # of quarantined records only
+        self._new_ids: list[str] = []  # since the mark, to forget on a rewind
+        self._new_alive: list[str] = []
+        self.good = 0  # every good record (but duplicates), unchanged ones too
+        self.unchanged = 0  # of those, the ones ``known`` found stored as they are
         self.bad = 0
         self.bad_without_id = 0
 
@@ -97,53 +107,92 @@ class Stager:
     def records(self) -> int:
         return self.good + self.bad
 
+    @property
+    def full(self) -> bool:
+        """A batch is waiting: call ``flush``."""
+        return len(self._good) >= self._batch or len(self._bad) >= self._batch
+
     def add(self, record: PledgeRecord) -> None:
+        source_id = record.source_id
+        if source_id in self._ids:
+            self.add_bad(_duplicate(record))
+            return
+        self._ids.add(source_id)
+        self._new_ids.append(source_id)
         self._good.append(record)
         self.good += 1
-        if len(self._good) >= self._batch:
-            self._flush()
 
     def add_bad(self, item: Quarantined) -> None:
         self._bad.append(item)
         self.bad += 1
-        if not item.source_id:
+        source_id = item.source_id
+        if not source_id:
             self.bad_without_id += 1
-        if len(self._bad) >= self._batch:
-            self._flush()
+        elif source_id not in self._ids and source_id not in self._alive:
+            self._alive.add(source_id)
+            self._new_alive.append(source_id)
 
-    def mark(self) -> _Mark:
-        self._flush()
-        return _Mark(
-            self._good_file.tell(), self._bad_file.tell(), self.good, self.bad, self.bad_without_id
-        )
-
-    def rewind(self, mark: _Mark) -> None:
-        self._good.clear()
-        self._bad.clear()
-        for file, at in ((self._good_file, mark.good_at), (self._bad_file, mark.bad_at)):
-            file.truncate(at)
-            file.seek(at)
-        self.good, self.bad, self.bad_without_id = mark.good, mark.bad, mark.bad_without_id
-
-    def batches(self) -> Iterator[list[PledgeRecord]]:
-        self._flush()
-        return self._frames(self._good_file, msgspec.msgpack.Decoder(list[PledgeRecord]))
-
-    def quarantined(self) -> Iterator[list[Quarantined]]:
-        self._flush()
-        return self._frames(self._bad_file, msgspec.msgpack.Decoder(list[Quarantined]))
-
-    def close(self) -> None:
-        self._good_file.close()
-        self._bad_file.close()
-
-    def _flush(self) -> None:
-        for items, file in ((self._good, self._good_file), (self._bad, self._bad_file)):
+    async def flush(self) -> None:
+        """Write what is waiting; records stored as they are only counted."""
+        good = self._good
+        if good and self._known is not None:
+            stored = await self._known([r.source_id for r in good])
+            if stored:
+                get = stored.get
+                fresh = [r for r in good if get(r.source_id) != r.content_hash]
+                self.unchanged += len(good) - len(fresh)
+                good = fresh
+        for items, file in ((good, self._good_file), (self._bad, self._bad_file)):
             if items:
                 data = self._encoder.encode(items)
                 file.write(_FRAME.pack(len(data)))
                 file.write(data)
-                items.clear()
+        self._good = []
+        self._bad = []
+
+    async def mark(self) -> _Mark:
+        await self.flush()
+        self._new_ids.clear()
+        self._new_alive.clear()
+        return _Mark(
+            self._good_file.tell(),
+            self._bad_file.tell(),
+            self.good,
+            self.unchanged,
+            self.bad,
+            self.bad_without_id,
+        )
+
+    def rewind(self, mark: _Mark) -> None:
+        """Back to ``mark``, the last one taken: the records and ids since are forgotten."""
+        self._good = []
+        self._bad = []
+        for file, at in ((self._good_file, mark.good_at), (self._bad_file, mark.bad_at)):
+            file.truncate(at)
+            file.seek(at)
+        self._ids.difference_update(self._new_ids)
+        self._alive.difference_update(self._new_alive)
+        self._new_ids.clear()
+        self._new_alive.clear()
+        self.good, self.unchanged = mark.good, mark.unchanged
+        self.bad, self.bad_without_id = mark.bad, mark.bad_without_id
+
+    async def batches(self) -> Iterator[list[PledgeRecord]]:
+        """The records to write (all flushed first)."""
+        await self.flush()
+        return self._frames(self._good_file, msgspec.msgpack.Decoder(list[PledgeRecord]))
+
+    async def quarantined(self) -> Iterator[list[Quarantined]]:
+        await self.flush()
+        return self._frames(self._bad_file, msgspec.msgpack.Decoder(list[Quarantined]))
+
+    def seen(self) -> list[str]:
+        """Every id the run has seen, readable record or not, once each."""
+        return [*self._ids, *(self._alive - self._ids)]
+
+    def close(self) -> None:
+        self._good_file.close()
+        self._bad_file.close()
 
     @staticmethod
     def _frames(file: IO[bytes], decoder: msgspec.msgpack.Decoder[Any]) -> Iterator[Any]:
@@ -153,6 +202,60 @@ class Stager:
             (size,) = _FRAME.unpack(file.read(_FRAME.size))
             yield decoder.decode(file.read(size))
         file.seek(end)
+
+
+async def any_stored(session: AsyncSession, feed_id: int) -> bool:
+    """Whether the feed has pledges not withdrawn (none: a first sync, nothing to compare)."""
+    found = await session.scalar(
+        select(PLEDGES.c.id)
+        .where(PLEDGES.c.feed_id == feed_id, PLEDGES.c.withdrawn_at.is_(None))
+        .limit(1)
+    )
+    return found is not None
+
+
+async def stored_hashes(
+    session: AsyncSession, feed_id: int, source_ids: list[str]
+) -> dict[str, str]:
+    """The content hashes of the feed's pledges (not withdrawn) with these ids.
+
+    They come back as one JSON object: a thousand rows through the driver cost more than
+    the lookup itself.
+    """
+    connection = await session.connection()
+    q = connection.dialect.identifier_preparer.quote
+    pledges, source_id, digest = q(PLEDGES.name), q("source_id"), q("content_hash")
+    if connection.dialect.name == "postgresql":
+        # A custom plan each time: a cached one may have been made while the table was
+        # empty, and would then read all of it for every batch.
+        await connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        gather, feed, among = "json_object_agg", "$1", "= ANY($2::varchar[])"
+        ids: Any = source_ids
+    else:
+        gather, feed, among = "json_group_object", "?", "IN (SELECT value FROM json_each(?))"
+        ids = msgspec.json.encode(source_ids).decode()
+    result = await connection.exec_driver_sql(
+        f"SELECT {gather}({source_id}, {digest}) FROM {pledges} "  # noqa: S608
+        f"WHERE {q('feed_id')} = {feed} AND {source_id} {among} AND {q('withdrawn_at')} IS NULL",
+        (feed_id, ids),
+    )
+    found = result.scalar()
+    if not found:
+        return {}
+    # JSON text from SQLite; from asyncpg, already decoded by the codec SQLAlchemy sets up.
+    return _HASHES.decode(found) if isinstance(found, str) else cast("dict[str, str]", found)
+
+
+_HASHES = msgspec.json.Decoder(dict[str, str])
+
+
+def _duplicate(record: PledgeRecord) -> Quarantined:
+    sid = record.source_id
+    return Quarantined(0, sid, f"id {sid!r} appears again (the first record wins)", _json(record))
+
+
+def _json(record: PledgeRecord) -> str:
+    return msgspec.json.encode(msgspec.structs.asdict(record)).decode()
 
 
 def quarantined_json(raw: Any) -> str:
@@ -188,7 +291,7 @@ class Counts:
         return self.new + self.updated + self.withdrawn
 
 
-# The pledge columns a feed record sets, in the order the bulk writers take them.
+# The pledge columns a feed record sets, in the order the writers take them.
 _DATA = (
     "title",
     "pledger_name",
@@ -205,264 +308,272 @@ _DATA = (
     "source_url",
     "content_hash",
 )
-_INSERTED = ("feed_id", "process_id", "source_id", *_DATA)
-# 20 parameters a row: well under the 32,766 that SQLite takes in one statement.
-_ROWS_PER_INSERT = 1000
-_IDS_PER_STATEMENT = 30_000
+_RECORD = ("source_id", *_DATA)
 _MANY_CHANGES = 5000
-# The ids a run has seen: a temporary table of the run's own connection, gone at its end.
-SEEN = table("feed_run_seen", column("source_id"))
 
 
-class _Bulk:
-    """The many-row writes of a run, as few statements as each back end allows.
+class _Writes:
+    """SQLite: the run's records as one prepared upsert, executed for every row.
 
-    Going through the ORM or Core costs several microseconds per row in parameter handling;
-    here the only conversions are the ones the column types make (UTC datetimes, JSON),
-    checked at start to give exactly what those types give. SQLite gets multi-row INSERTs
-    (with RETURNING) and executemany; the table and column names in the SQL text are the
-    model's own, every value is a parameter.
+    The only conversions are the ones the column types make (UTC datetimes, JSON), checked
+    at start to give exactly what those types give; the table and column names in the SQL
+    text are the model's own, every value is a parameter. A row the run writes gets
+    ``last_seen_at`` = the run's mark (and a new one ``first_seen_at`` too): that is how
+    the statements after the upsert find this run's rows without sending their ids back.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, target: FeedTarget, mark: datetime) -> None:
         dialect = conn.dialect
         self.conn = conn
+        self.target = target
         self.when = _fast_or_exact(
             _processor(PLEDGES.c.submitted_at, dialect), _FAST_WHEN[dialect.name]
         )
         self.json = _fast_or_exact(_processor(PLEDGES.c.objectives, dialect), _json_list)
-        self.q = dialect.identifier_preparer.quote
-        self.pledges, self.objectives_table = self.q(PLEDGES.name), self.q(OBJECTIVES.name)
-        self._insert_sql: dict[int, str] = {}
+        self.mark = self.when(mark)
+        q = dialect.identifier_preparer.quote
+        self.q = q
+        self.pledges, self.objectives_table = q(PLEDGES.name), q(OBJECTIVES.name)
+        self.sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in _DATA)
 
-    async def existing(self, feed_id: int, source_ids: list[str]) -> dict[str, Any]:
-        """The feed's stored pledges with these ids: id, content_hash, withdrawn_at."""
-        P = PLEDGES.c
-        rows = await self.conn.execute(
-            select(P.id, P.source_id, P.content_hash, P.withdrawn_at).where(
-                P.feed_id == feed_id, P.source_id.in_(source_ids)
+    def rows(self, batch: list[PledgeRecord]) -> list[tuple[Any, ...]]:
+        feed, process, mark, when, to_json = (
+            self.target.id,
+            self.target.process_id,
+            self.mark,
+            self.when,
+            self.json,
+        )
+        return [
+            (
+                feed,
+                process,
+                r.source_id,
+                r.title,
+                r.pledger_name,
+                r.pledger_type,
+                r.country,
+                r.region,
+                r.pledge_type,
+                r.matches_source_id,
+                r.form,
+                to_json(r.objectives),
+                r.status,
+                when(r.submitted_at),
+                when(r.source_updated_at),
+                r.source_url,
+                r.content_hash,
+                mark,
+                mark,
             )
+            for r in batch
+        ]
+
+    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
+        """New pledges inserted; changed or withdrawn ones rewritten; the rest untouched."""
+        q = self.q
+        columns = ("feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at")
+        sql = (
+            f"INSERT INTO {self.pledges} ({', '.join(map(q, columns))}) "  # noqa: S608
+            f"VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({q('feed_id')}, {q('source_id')}) DO UPDATE SET {self.sets}, "
+            f"{q('withdrawn_at')} = NULL, {q('last_seen_at')} = excluded.{q('last_seen_at')} "
+            f"WHERE {self.pledges}.{q('content_hash')} IS NOT excluded.{q('content_hash')} "
+            f"OR {self.pledges}.{q('withdrawn_at')} IS NOT NULL"
         )
-        return {row.source_id: row for row in rows}
+        # While the database thread writes one batch, this one reads and converts the next.
+        writing: asyncio.Future[Any] | None = None
+        try:
+            for batch in batches:
+                rows = self.rows(batch)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(self.conn.exec_driver_sql(sql, rows))
+                await asyncio.sleep(0)  # on its way to the database thread
+        finally:
+            if writing is not None:
+                await writing
 
-    async def forget_objectives(self, pledge_ids: list[int]) -> None:
-        await self.conn.execute(delete(OBJECTIVES).where(OBJECTIVES.c.pledge_id.in_(pledge_ids)))
+    def _written(self, alias: str = "") -> str:
+        """This run's rows of the feed: first and last parameters the feed and the mark."""
+        q, at = self.q, f"{alias}." if alias else ""
+        return f"{at}{q('feed_id')} = ? AND {at}{q('last_seen_at')} = ?"
 
-    async def start_seen(self) -> None:
-        """The run's scratch list of ids seen, in the connection's temporary schema."""
-        await self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{SEEN.name}")
+    async def objectives(self) -> None:
+        """The objective rows of the pledges this run wrote, from their ``objectives``."""
+        q, written = self.q, self._written()
         await self.conn.exec_driver_sql(
-            f"CREATE TEMP TABLE {SEEN.name} (source_id TEXT PRIMARY KEY) WITHOUT ROWID"
+            f"DELETE FROM {self.objectives_table} WHERE {q('pledge_id')} IN "  # noqa: S608
+            f"(SELECT {q('id')} FROM {self.pledges} WHERE {written} "
+            f"AND {q('first_seen_at')} <> ?)",
+            (self.target.id, self.mark, self.mark),
+        )
+        await self.conn.exec_driver_sql(
+            f"INSERT INTO {self.objectives_table} ({q('pledge_id')}, {q('objective')}) "  # noqa: S608
+            f"SELECT p.{q('id')}, o.value FROM {self.pledges} AS p, "
+            f"json_each(p.{q('objectives')}) AS o WHERE {self._written('p')}",
+            (self.target.id, self.mark),
         )
 
-    async def end_seen(self) -> None:
-        await self.conn.exec_driver_sql(f"DROP TABLE temp.{SEEN.name}")
+    async def withdraw(self, seen: list[str]) -> int:
+        """Mark the feed's pledges whose ids the run did not see; how many.
+
+        The rows this run wrote were seen, by definition: only the others are looked up.
+        """
+        q = self.q
+        result = await self.conn.exec_driver_sql(
+            f"UPDATE {self.pledges} SET {q('withdrawn_at')} = ? "  # noqa: S608
+            f"WHERE {q('feed_id')} = ? AND {q('withdrawn_at')} IS NULL "
+            f"AND {q('last_seen_at')} <> ? "
+            f"AND {q('source_id')} NOT IN (SELECT value FROM json_each(?))",
+            (self.mark, self.target.id, self.mark, msgspec.json.encode(seen).decode()),
+        )
+        return int(result.rowcount or 0)
+
+    async def written(self) -> tuple[int, int, list[str]]:
+        """New and updated pledges of this run, and the first few titles (new ones first)."""
+        q, written, new = self.q, self._written(), f"{self.q('first_seen_at')} = ?"
+        result = await self.conn.exec_driver_sql(
+            f"SELECT {new}, count(*) FROM {self.pledges} WHERE {written} GROUP BY 1",  # noqa: S608
+            (self.mark, self.target.id, self.mark),
+        )
+        titles = await self.conn.exec_driver_sql(
+            f"SELECT {q('title')} FROM {self.pledges} WHERE {written} "  # noqa: S608
+            f"ORDER BY {new} DESC, {q('id')} LIMIT {_DIGEST_TITLES}",
+            (self.target.id, self.mark, self.mark),
+        )
+        return _kinds(result.all(), titles.scalars().all())
 
     async def refresh_statistics(self) -> None:
         pass  # SQLite plans well without statistics (and has none unless asked)
 
-    async def see(self, source_ids: list[str]) -> set[str]:
-        """Note ids as seen in this run; the ones not seen before."""
-        fresh: set[str] = set()
-        for start in range(0, len(source_ids), _IDS_PER_STATEMENT):
-            chunk = source_ids[start : start + _IDS_PER_STATEMENT]
-            sql = (
-                f"INSERT INTO temp.{SEEN.name} (source_id) VALUES "  # noqa: S608
-                + ", ".join(["(?)"] * len(chunk))
-                + " ON CONFLICT DO NOTHING RETURNING source_id"
-            )
-            result = await self.conn.exec_driver_sql(sql, tuple(chunk))
-            fresh.update(row[0] for row in result)
-        return fresh
 
-    def data(self, r: PledgeRecord) -> tuple[Any, ...]:
-        when = self.when
-        return (
-            r.title,
-            r.pledger_name,
-            r.pledger_type,
-            r.country,
-            r.region,
-            r.pledge_type,
-            r.matches_source_id,
-            r.form,
-            self.json(r.objectives),
-            r.status,
-            when(r.submitted_at),
-            when(r.source_updated_at),
-            r.source_url,
-            r.content_hash,
-        )
+class _PostgresWrites(_Writes):
+    """PostgreSQL: the records copied into a temporary table, then set-based statements.
 
-    async def insert(
-        self, target: FeedTarget, records: list[PledgeRecord], mark: datetime
-    ) -> dict[str, int]:
-        """New pledges; their ids by source id."""
-        seen = self.when(mark)
-        feed, process = target.id, target.process_id
-        ids: dict[str, int] = {}
-        for start in range(0, len(records), _ROWS_PER_INSERT):
-            chunk = records[start : start + _ROWS_PER_INSERT]
-            params: list[Any] = []
-            for r in chunk:
-                params += (feed, process, r.source_id, *self.data(r), seen, seen)
-            result = await self.conn.exec_driver_sql(self._insert(len(chunk)), tuple(params))
-            rows = cast("list[tuple[int, str]]", result.all())
-            ids.update((source_id, pledge_id) for pledge_id, source_id in rows)
-        return ids
-
-    def _insert(self, rows: int) -> str:
-        sql = self._insert_sql.get(rows)
-        if sql is None:
-            q = self.q
-            width = len(_INSERTED) + 2
-            row = "(" + ", ".join("?" * width) + ")"
-            columns = ", ".join(map(q, (*_INSERTED, "first_seen_at", "last_seen_at")))
-            sql = (
-                f"INSERT INTO {self.pledges} ({columns}) VALUES "  # noqa: S608
-                + ", ".join([row] * rows)
-                + f" RETURNING {q('id')}, {q('source_id')}"
-            )
-            self._insert_sql[rows] = sql
-        return sql
-
-    async def update(self, changed: list[tuple[int, PledgeRecord]], mark: datetime) -> None:
-        """Changed pledges get their new content, and are no longer withdrawn."""
-        q = self.q
-        sets = ", ".join(f"{q(c)} = ?" for c in _DATA)
-        sql = (
-            f"UPDATE {self.pledges} SET {sets}, {q('withdrawn_at')} = NULL, "  # noqa: S608
-            f"{q('last_seen_at')} = ? WHERE {q('id')} = ?"
-        )
-        seen = self.when(mark)
-        await self.conn.exec_driver_sql(
-            sql, [(*self.data(r), seen, pledge_id) for pledge_id, r in changed]
-        )
-
-    async def objectives(self, pairs: Iterable[tuple[int, PledgeRecord]]) -> None:
-        rows = [(pledge_id, o) for pledge_id, r in pairs for o in r.objectives]
-        if rows:
-            q = self.q
-            sql = (
-                f"INSERT INTO {self.objectives_table} ({q('pledge_id')}, {q('objective')}) "  # noqa: S608
-                "VALUES (?, ?)"
-            )
-            await self.conn.exec_driver_sql(sql, rows)
-
-
-class _PostgresBulk(_Bulk):
-    """PostgreSQL: one statement per batch, its columns passed as arrays and unnested.
-
-    Twenty array parameters are far cheaper to send and plan than a VALUES list of 20,000,
-    and than an executemany of 1,000 statements.
+    COPY is the cheapest way in for many rows. Then one UPDATE for the stored pledges that
+    changed and one INSERT for the new ones, in the feed's order: an INSERT ... ON CONFLICT
+    would take an id from the sequence for every row it updates instead (gaps in the ids),
+    and lock the unchanged ones.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        super().__init__(conn)
-        dialect = conn.dialect
-        self._types = {c.name: c.type.compile(dialect=dialect) for c in PLEDGES.columns}
+    def __init__(self, conn: AsyncConnection, target: FeedTarget, mark: datetime) -> None:
+        super().__init__(conn, target, mark)
+        self._types = {c.name: c.type.compile(dialect=conn.dialect) for c in PLEDGES.columns}
 
-    async def existing(self, feed_id: int, source_ids: list[str]) -> dict[str, Any]:
+    async def _copy(self, table: str, columns: dict[str, str], records: Iterable[Any]) -> None:
+        """A temporary table of the transaction, filled by COPY."""
         q = self.q
-        columns = ", ".join(map(q, ("id", "source_id", "content_hash", "withdrawn_at")))
-        sql = (
-            f"SELECT {columns} FROM {self.pledges} "  # noqa: S608
-            f"WHERE {q('feed_id')} = $1 AND {q('source_id')} = ANY($2::varchar[])"
-        )
-        rows = await self._fresh_plan(sql, (feed_id, source_ids))
-        return {row.source_id: row for row in rows}
+        defined = ", ".join(f"{q(name)} {kind}" for name, kind in columns.items())
+        await self.conn.exec_driver_sql(f"CREATE TEMP TABLE {table} ({defined}) ON COMMIT DROP")
+        raw = await self.conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+        # Temporary tables get no statistics but these: without them the joins below are
+        # planned for a few rows, and a nested loop over 100,000 takes minutes.
+        await self.conn.exec_driver_sql(f"ANALYZE {table}")
 
-    async def forget_objectives(self, pledge_ids: list[int]) -> None:
-        q = self.q
-        sql = f"DELETE FROM {self.objectives_table} WHERE {q('pledge_id')} = ANY($1::integer[])"  # noqa: S608
-        await self._fresh_plan(sql, (pledge_ids,))
+    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
+        q, types = self.q, self._types
 
-    async def _fresh_plan(self, sql: str, params: tuple[Any, ...]) -> Result[Any]:
-        """Planned for the table as it is now: it grows a lot within the run's transaction,
-        and the plan PostgreSQL caches for a prepared statement, made when the table was
-        small, scans the whole table (measured: 86 s instead of 0.8 s for 100,000 rows).
-        Only here: forcing fresh plans for everything also re-plans each foreign key check.
-        """
-        await self.conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
-        try:
-            return await self.conn.exec_driver_sql(sql, params)
-        finally:
-            await self.conn.exec_driver_sql("SET LOCAL plan_cache_mode = auto")
+        def records() -> Iterator[tuple[Any, ...]]:
+            position = 0
+            for batch in batches:
+                for row in self.rows(batch):
+                    position += 1
+                    yield (position, *row[2:-2])
 
-    async def start_seen(self) -> None:
+        columns = {"position": "integer", **{name: types[name] for name in _RECORD}}
+        await self._copy(_RECORDS, columns, records())
+        stamp = types["last_seen_at"]
+        sets = ", ".join(f"{q(c)} = r.{q(c)}" for c in _DATA)
         await self.conn.exec_driver_sql(
-            f"CREATE TEMP TABLE {SEEN.name} (source_id varchar PRIMARY KEY) ON COMMIT DROP"
+            f"UPDATE {self.pledges} AS p SET {sets}, {q('withdrawn_at')} = NULL, "  # noqa: S608
+            f"{q('last_seen_at')} = $2::{stamp} FROM {_RECORDS} AS r "
+            f"WHERE p.{q('feed_id')} = $1::integer AND p.{q('source_id')} = r.{q('source_id')} "
+            f"AND (p.{q('content_hash')} <> r.{q('content_hash')} "
+            f"OR p.{q('withdrawn_at')} IS NOT NULL)",
+            (self.target.id, self.mark),
+        )
+        # Room to sort the new records back into feed order (for the ids) in memory.
+        await self.conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+        names = ", ".join(f"r.{q(c)}" for c in _RECORD)
+        inserted = ("feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at")
+        await self.conn.exec_driver_sql(
+            f"INSERT INTO {self.pledges} ({', '.join(map(q, inserted))}) "  # noqa: S608
+            f"SELECT $1::integer, $2::integer, {names}, $3::{stamp}, $3::{stamp} "
+            f"FROM {_RECORDS} AS r WHERE NOT EXISTS (SELECT 1 FROM {self.pledges} AS p "
+            f"WHERE p.{q('feed_id')} = $1 AND p.{q('source_id')} = r.{q('source_id')}) "
+            f"ORDER BY r.{q('position')}",
+            (self.target.id, self.target.process_id, self.mark),
         )
 
-    async def end_seen(self) -> None:
-        pass  # dropped at commit (or rollback)
+    def _written(self, alias: str = "") -> str:
+        q, at = self.q, f"{alias}." if alias else ""
+        stamp = self._types["last_seen_at"]
+        return f"{at}{q('feed_id')} = $1::integer AND {at}{q('last_seen_at')} = $2::{stamp}"
+
+    async def objectives(self) -> None:
+        q, written = self.q, self._written()
+        await self.conn.exec_driver_sql(
+            f"DELETE FROM {self.objectives_table} WHERE {q('pledge_id')} IN "  # noqa: S608
+            f"(SELECT {q('id')} FROM {self.pledges} WHERE {written} "
+            f"AND {q('first_seen_at')} <> $2)",
+            (self.target.id, self.mark),
+        )
+        await self.conn.exec_driver_sql(
+            f"INSERT INTO {self.objectives_table} ({q('pledge_id')}, {q('objective')}) "  # noqa: S608
+            f"SELECT p.{q('id')}, o.value::integer FROM {self.pledges} AS p "
+            f"CROSS JOIN LATERAL json_array_elements_text(p.{q('objectives')}) AS o(value) "
+            f"WHERE {self._written('p')}",
+            (self.target.id, self.mark),
+        )
+
+    async def withdraw(self, seen: list[str]) -> int:
+        q = self.q
+        # A key, so that the anti-join probes it whatever the planner thinks of pledges (its
+        # statistics may still say empty while this transaction has just filled it).
+        column = {"source_id": f"{self._types['source_id']} PRIMARY KEY"}
+        await self._copy(_SEEN, column, ((s,) for s in seen))
+        result = await self.conn.exec_driver_sql(
+            f"UPDATE {self.pledges} AS p SET {q('withdrawn_at')} = $1 "  # noqa: S608
+            f"WHERE p.{q('feed_id')} = $2 AND p.{q('withdrawn_at')} IS NULL "
+            f"AND p.{q('last_seen_at')} <> $1 "
+            f"AND NOT EXISTS (SELECT 1 FROM {_SEEN} AS s "
+            f"WHERE s.{q('source_id')} = p.{q('source_id')})",
+            (self.mark, self.target.id),
+        )
+        return int(result.rowcount or 0)
+
+    async def written(self) -> tuple[int, int, list[str]]:
+        q, written, new = self.q, self._written(), f"{self.q('first_seen_at')} = $2"
+        result = await self.conn.exec_driver_sql(
+            f"SELECT {new}, count(*) FROM {self.pledges} WHERE {written} GROUP BY 1",  # noqa: S608
+            (self.target.id, self.mark),
+        )
+        titles = await self.conn.exec_driver_sql(
+            f"SELECT {q('title')} FROM {self.pledges} WHERE {written} "  # noqa: S608
+            f"ORDER BY {new} DESC, {q('id')} LIMIT {_DIGEST_TITLES}",
+            (self.target.id, self.mark),
+        )
+        return _kinds(result.all(), titles.scalars().all())
 
     async def refresh_statistics(self) -> None:
         """After many new rows: the planner's idea of the tables, for the next run's lookups
         and the dashboards (autovacuum would get there, a minute or so later)."""
-        tables = f"{self.pledges}, {self.objectives_table}"
-        await self.conn.exec_driver_sql(f"ANALYZE {tables}")
+        await self.conn.exec_driver_sql(f"ANALYZE {self.pledges}, {self.objectives_table}")
 
-    async def see(self, source_ids: list[str]) -> set[str]:
-        result = await self.conn.exec_driver_sql(
-            f"INSERT INTO {SEEN.name} (source_id) SELECT unnest($1::varchar[]) "
-            "ON CONFLICT DO NOTHING RETURNING source_id",
-            (source_ids,),
-        )
-        return {row[0] for row in result}
 
-    def _arrays(self, names: Iterable[str], first: int) -> str:
-        return ", ".join(
-            f"${i}::{self._types[name]}[]" for i, name in enumerate(names, start=first)
-        )
+# The run's scratch tables, in the transaction's temporary schema (PostgreSQL).
+_RECORDS = "feed_run_records"
+_SEEN = "feed_run_seen"
 
-    async def insert(
-        self, target: FeedTarget, records: list[PledgeRecord], mark: datetime
-    ) -> dict[str, int]:
-        q, names = self.q, _INSERTED[2:]
-        columns = ", ".join(map(q, (*_INSERTED, "first_seen_at", "last_seen_at")))
-        stamp = self._types["last_seen_at"]
-        sql = (
-            f"INSERT INTO {self.pledges} ({columns}) "  # noqa: S608
-            f"SELECT $1::integer, $2::integer, u.*, $3::{stamp}, $3::{stamp} "
-            f"FROM unnest({self._arrays(names, 4)}) AS u "
-            f"RETURNING {q('id')}, {q('source_id')}"
-        )
-        rows = [(r.source_id, *self.data(r)) for r in records]
-        arrays = [list(column) for column in zip(*rows, strict=True)]
-        result = await self.conn.exec_driver_sql(
-            sql, (target.id, target.process_id, self.when(mark), *arrays)
-        )
-        rows = cast("list[tuple[int, str]]", result.all())
-        return {source_id: pledge_id for pledge_id, source_id in rows}
 
-    async def update(self, changed: list[tuple[int, PledgeRecord]], mark: datetime) -> None:
-        q = self.q
-        sets = ", ".join(f"{q(c)} = u.{q(c)}" for c in _DATA)
-        names = ("id", *_DATA)
-        sql = (
-            f"UPDATE {self.pledges} AS p SET {sets}, {q('withdrawn_at')} = NULL, "  # noqa: S608
-            f"{q('last_seen_at')} = $1::{self._types['last_seen_at']} "
-            f"FROM unnest({self._arrays(names, 2)}) AS u({', '.join(map(q, names))}) "
-            f"WHERE p.{q('id')} = u.{q('id')}"
-        )
-        rows = [(pledge_id, *self.data(r)) for pledge_id, r in changed]
-        arrays = [list(column) for column in zip(*rows, strict=True)]
-        await self.conn.exec_driver_sql(sql, (self.when(mark), *arrays))
-
-    async def objectives(self, pairs: Iterable[tuple[int, PledgeRecord]]) -> None:
-        ids: list[int] = []
-        objectives: list[int] = []
-        for pledge_id, r in pairs:
-            ids += [pledge_id] * len(r.objectives)
-            objectives += r.objectives
-        if ids:
-            q = self.q
-            sql = (
-                f"INSERT INTO {self.objectives_table} ({q('pledge_id')}, {q('objective')}) "  # noqa: S608
-                "SELECT * FROM unnest($1::integer[], $2::integer[])"
-            )
-            await self.conn.exec_driver_sql(sql, (ids, objectives))
+def _kinds(counted: Sequence[Any], titles: Sequence[str]) -> tuple[int, int, list[str]]:
+    """(new, updated, titles) from rows of (is new, count) and the titles found."""
+    by_kind = {bool(row[0]): int(row[1]) for row in counted}
+    return by_kind.get(True, 0), by_kind.get(False, 0), [t[:200] for t in titles]
 
 
 def _processor(column: Any, dialect: Any) -> Callable[[Any], Any]:
@@ -515,22 +626,22 @@ async def apply_staged(
     """Write a run's staged records: insert new, update changed, withdraw what is gone.
 
     Unchanged pledges (same content hash) are not written at all; new and changed ones get
-    ``last_seen_at = mark``. The ids the run has seen go to a temporary table: a second
-    record with an id already seen is a duplicate (quarantined, the first one wins), and
-    pledges whose id is not there are withdrawn, unless some record had no readable id
-    (then nobody can tell what is gone, and nothing is withdrawn). Never commits.
+    ``last_seen_at = mark``. Pledges whose id the run did not see are withdrawn, unless
+    some record had no readable id (then nobody can tell what is gone, and nothing is
+    withdrawn). Quarantined records are kept up to ``quarantine_limit``. Never commits.
     """
     counts = Counts()
-    stored = 0
     connection = await session.connection()
-    bulk = (_PostgresBulk if connection.dialect.name == "postgresql" else _Bulk)(connection)
-    await bulk.start_seen()
-
-    async def quarantine(items: list[Quarantined]) -> None:
-        nonlocal stored
+    postgres = connection.dialect.name == "postgresql"
+    writes = (_PostgresWrites if postgres else _Writes)(connection, target, mark)
+    await writes.upsert(await stager.batches())
+    await writes.objectives()
+    counts.new, counts.updated, counts.titles = await writes.written()
+    counts.unchanged = stager.good - counts.new - counts.updated
+    stored = 0
+    for items in await stager.quarantined():
         counts.quarantined += len(items)
-        room = max(quarantine_limit - stored, 0)
-        keep = items[:room]
+        keep = items[: max(quarantine_limit - stored, 0)]
         if keep:
             await session.execute(
                 insert(QUARANTINE),
@@ -547,95 +658,16 @@ async def apply_staged(
                 ],
             )
             stored += len(keep)
-
-    for batch in stager.batches():
-        duplicates = await _apply_batch(session, bulk, target, batch, mark, counts)
-        if duplicates:
-            await quarantine(duplicates)
-    for items in stager.quarantined():
-        await quarantine(items)
-        alive = [q.source_id for q in items if q.source_id]
-        if alive:
-            await bulk.see(alive)  # in the source but unreadable: not gone, not withdrawn
     if stager.bad_without_id:
         counts.note = (
             f"{stager.bad_without_id:,} records had no readable id, so nothing was marked "
             "withdrawn in this run"
         )
     else:
-        result = await session.execute(
-            update(PLEDGES)
-            .where(
-                PLEDGES.c.feed_id == target.id,
-                PLEDGES.c.withdrawn_at.is_(None),
-                ~exists().where(SEEN.c.source_id == PLEDGES.c.source_id),
-            )
-            .values(withdrawn_at=mark)
-        )
-        counts.withdrawn = int(cast("CursorResult[Any]", result).rowcount or 0)
-    await bulk.end_seen()
+        counts.withdrawn = await writes.withdraw(stager.seen())
     if counts.new + counts.updated >= _MANY_CHANGES:
-        await bulk.refresh_statistics()
+        await writes.refresh_statistics()
     return counts
-
-
-async def _apply_batch(
-    session: AsyncSession,
-    bulk: _Bulk,
-    target: FeedTarget,
-    batch: list[PledgeRecord],
-    mark: datetime,
-    counts: Counts,
-) -> list[Quarantined]:
-    first: dict[str, PledgeRecord] = {}
-    duplicates: list[Quarantined] = []
-    for record in batch:
-        if record.source_id in first:
-            duplicates.append(_duplicate(record))
-        else:
-            first[record.source_id] = record
-    fresh = await bulk.see(list(first))
-    if len(fresh) < len(first):  # ids an earlier batch had
-        duplicates += [_duplicate(r) for sid, r in first.items() if sid not in fresh]
-        first = {sid: r for sid, r in first.items() if sid in fresh}
-    existing = await bulk.existing(target.id, list(first))
-    new: list[PledgeRecord] = []
-    changed: list[tuple[int, PledgeRecord]] = []
-    for sid, record in first.items():
-        row = existing.get(sid)
-        if row is None:
-            new.append(record)
-        elif row.content_hash != record.content_hash or row.withdrawn_at is not None:
-            changed.append((row.id, record))
-        else:
-            counts.unchanged += 1  # nothing to write
-    if new:
-        ids = await bulk.insert(target, new, mark)
-        await bulk.objectives((ids[r.source_id], r) for r in new)
-        counts.new += len(new)
-        _titles(counts, new)
-    if changed:
-        await bulk.update(changed, mark)
-        await bulk.forget_objectives([pid for pid, _ in changed])
-        await bulk.objectives(changed)
-        counts.updated += len(changed)
-        _titles(counts, [r for _, r in changed])
-    return duplicates
-
-
-def _duplicate(record: PledgeRecord) -> Quarantined:
-    sid = record.source_id
-    return Quarantined(0, sid, f"id {sid!r} appears again (the first record wins)", _json(record))
-
-
-def _titles(counts: Counts, records: list[PledgeRecord]) -> None:
-    room = _DIGEST_TITLES - len(counts.titles)
-    if room > 0:
-        counts.titles.extend(r.title[:200] for r in records[:room])
-
-
-def _json(record: PledgeRecord) -> str:
-    return msgspec.json.encode(msgspec.structs.asdict(record)).decode()
 
 
 def _record_object(text: str) -> dict[str, Any]:

@@ -7,7 +7,8 @@ the records do. Tests queue faults: slow or stalled responses, any status (with
 Retry-After), bodies cut off or malformed, wrong content types, oversize bodies, redirects.
 Every request is logged (path, headers) so tests can see what the client sent.
 
-Also runs on its own for benchmarks, generating records and printing its port:
+Also runs on its own for benchmarks, generating records and printing its port; a line
+``edit N`` on its stdin then edits the feed (see ``edited``):
 
     python tests/feed_server.py --records 100000 --page-size 1000
 """
@@ -342,6 +343,16 @@ def _chunks(body: bytes, size: int) -> Iterator[bytes]:
         yield body[start : start + size]
 
 
+def edited(records: int, every: int) -> list[dict[str, Any]]:
+    """The generated feed a day later: the first 1% gone, every ``every``-th pledge edited,
+    and as many new ones as went."""
+    gone = records // 100
+    return [
+        pledge(i, title=f"Pledge {i}: revised") if i % every == 0 else pledge(i)
+        for i in range(gone, records + gone)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="serve generated pledges on 127.0.0.1")
     parser.add_argument("--records", type=int, default=100_000)
@@ -349,8 +360,15 @@ def main() -> None:
     args = parser.parse_args()
     server = FeedServer([pledge(i) for i in range(args.records)], page_size=args.page_size)
     print(server.port, flush=True)
+    threading.Thread(target=server.httpd.serve_forever, daemon=True).start()
     try:
-        server.httpd.serve_forever()
+        # "edit N" on stdin: serve edited(records, N) from now on (new validators).
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["edit"] and len(words) == 2 and words[1].isdigit():
+                server.set_records(edited(args.records, int(words[1])))
+                print("edited", flush=True)
+        threading.Event().wait()  # no more commands: serve until stopped
     except KeyboardInterrupt:
         pass
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from scheduler import feeds
 from scheduler.app import create_app
@@ -232,6 +232,130 @@ async def test_an_unchanged_document_costs_one_304(
     server.set_records([*RECORDS[:11], pledge(11, status="fulfilled"), pledge(12)])
     third = await sync(db, settings, feed_id)
     assert (third.outcome, counts(third)) == ("success", (1, 1, 11, 0, 0))
+
+
+async def objective_rows(db: Database) -> dict[str, list[int]]:
+    """The objective link rows, by the source id of their pledge."""
+    async with db.reader() as session:
+        rows = await session.execute(
+            select(Pledge.source_id, PledgeObjective.objective)
+            .join(PledgeObjective, PledgeObjective.pledge_id == Pledge.id)
+            .order_by(Pledge.source_id, PledgeObjective.objective)
+        )
+    found: dict[str, list[int]] = {}
+    for source_id, objective in rows:
+        found.setdefault(source_id, []).append(objective)
+    return found
+
+
+async def test_a_run_writes_only_what_changed_and_keeps_objectives_in_step(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    feed_id = await make_feed(db, server.url("/pledges.json"))
+    first = await sync(db, settings, feed_id)
+    stored = await pledges_by_id(db)
+    in_order = sorted(stored.values(), key=lambda p: p.id)
+    assert [p.source_id for p in in_order] == [r["id"] for r in RECORDS]  # ids in feed order
+    assert {(p.first_seen_at, p.last_seen_at) for p in in_order} == {
+        (first.started_at, first.started_at)
+    }
+    assert await objective_rows(db) == {sid: p.objectives for sid, p in stored.items()}
+
+    before = await snapshot(db)
+    again = await sync(db, settings, feed_id)
+    assert counts(again) == (0, 0, 12, 0, 0)
+    assert await snapshot(db) == before  # found stored as they are: not one row written
+
+    edited = pledge(4, title="Edited", objectives=[23])
+    server.set_records(
+        [
+            *RECORDS[:2],  # 2 and 3 are gone
+            edited,
+            *RECORDS[5:7],
+            pledge(6, title="A second copy"),  # set aside: the first one wins
+            pledge(7, form="nope"),  # unreadable, but its id is there: not withdrawn
+            *RECORDS[8:],
+            pledge(20),
+        ]
+    )
+    third = await sync(db, settings, feed_id)
+    assert counts(third) == (1, 1, 8, 2, 2)
+    stored = await pledges_by_id(db)
+    assert {sid for sid, p in stored.items() if p.withdrawn_at is not None} == {
+        "P-000002",
+        "P-000003",
+    }
+    assert stored["P-000002"].withdrawn_at == third.started_at
+    assert stored["P-000004"].title == "Edited" and stored["P-000006"].title == RECORDS[6]["title"]
+    written = {sid for sid, p in stored.items() if p.last_seen_at == third.started_at}
+    assert written == {"P-000004", "P-000020"}  # the others were left as they were
+    assert stored["P-000020"].first_seen_at == third.started_at
+    assert stored["P-000020"].id == in_order[-1].id + 1  # updating took no ids: no gaps
+    assert stored["P-000004"].first_seen_at == first.started_at
+    assert await objective_rows(db) == {sid: p.objectives for sid, p in stored.items()}
+    assert (await objective_rows(db))["P-000004"] == [23]
+
+
+async def test_a_failure_while_writing_leaves_nothing_behind(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    feed_id = await make_feed(db, server.url("/pledges.json"))
+    assert (await sync(db, settings, feed_id)).outcome == "success"
+    before = await snapshot(db)
+    server.set_records([pledge(i, title=f"Changed {i}") for i in range(3, 15)])
+    # The database itself refuses objective 23 (pledge 13 has it): the pledges are written
+    # by then, and must go with the rest.
+    async with db.writer.begin() as session:
+        for statement in REFUSE_23[db.writer_engine.dialect.name]:
+            await session.execute(text(statement))
+    failed = await sync(db, settings, feed_id)
+    assert failed.outcome == "failed" and "objective 23 refused" in failed.error, failed.error
+    assert await snapshot(db) == before
+
+    async with db.writer.begin() as session:
+        await session.execute(text("DROP TRIGGER refuse_23" + DROP_ON[db.is_sqlite]))
+    ok = await sync(db, settings, feed_id)
+    assert (ok.outcome, counts(ok)) == ("success", (3, 9, 0, 3, 0))
+    stored = await pledges_by_id(db)
+    assert await objective_rows(db) == {sid: p.objectives for sid, p in stored.items()}
+
+
+REFUSE_23 = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_23 BEFORE INSERT ON pledge_objectives WHEN NEW.objective = 23 "
+        "BEGIN SELECT RAISE(ABORT, 'objective 23 refused'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_23() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.objective = 23 THEN RAISE EXCEPTION 'objective 23 refused'; END IF; "
+        "RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_23 BEFORE INSERT ON pledge_objectives "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_23()",
+    ],
+}
+DROP_ON = {True: "", False: " ON pledge_objectives"}
+
+
+async def test_a_page_read_whole_or_as_it_streams_gives_the_same_pledges(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    server.set_records([*RECORDS, pledge(12, title='Ünïcode ✓ "quoted" ]}')])
+    whole = await make_feed(db, server.url("/all.json"), name="whole")
+    streamed = await make_feed(db, server.url("/all.json"), name="streamed")
+    assert (await sync(db, settings, whole)).new == 13  # 5 KB: under the record cap
+    small_cap = settings.replace(feeds_max_record_bytes=1000)  # longer than that: streamed
+    assert (await sync(db, small_cap, streamed)).new == 13
+    async with db.reader() as session:
+        rows = (
+            await session.execute(
+                select(Pledge.feed_id, Pledge.source_id, Pledge.content_hash, Pledge.title)
+            )
+        ).all()
+    by_feed = {
+        feed: sorted((sid, digest, title) for f, sid, digest, title in rows if f == feed)
+        for feed in (whole, streamed)
+    }
+    assert by_feed[whole] == by_feed[streamed] and len(by_feed[whole]) == 13
 
 
 # --- Misbehaving servers ----------------------------------------------------------------------
@@ -507,6 +631,21 @@ async def test_bad_records_are_quarantined_and_good_ones_kept(
     assert "ATLANTIS" in rows[0].reason
 
 
+async def test_a_quarantined_record_keeps_the_whole_object_it_came_as(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    odd = {**pledge(6, form="nope"), "note": "a field nobody asked for"}
+    server.set_records([*RECORDS[:6], odd, *RECORDS[7:]])  # page 2 of 3
+    feed_id = await make_feed(db, server.url("/pledges.json"))
+    run = await sync(db, settings, feed_id)
+    assert (run.outcome, counts(run)) == ("success", (11, 0, 0, 0, 1))
+    async with db.reader() as session:
+        shown = await session.scalar(select(QuarantinedRecord))
+    assert shown is not None and shown.reason.startswith("record 7: form:")
+    assert shown.record == odd
+    assert sorted(await pledges_by_id(db)) == [r["id"] for r in RECORDS if r["id"] != "P-000006"]
+
+
 async def test_hosts_off_the_allow_list_are_never_asked(
     db: Database, settings: Settings, server: FeedServer
 ) -> None:
@@ -658,6 +797,7 @@ async def test_one_digest_per_run_to_each_organizer_with_an_address(
     ] * 2
     assert notes[0].dedupe_key == f"pledge-digest:{run.id}:{notes[0].organizer_id}"
     assert notes[0].context["new_count"] == 12 and notes[0].context["event_title"] == "GCM review"
+    assert notes[0].context["pledge_titles"] == "; ".join(r["title"] for r in RECORDS[:5])
     assert notes[1].context["withdrawn_count"] == 11 and second.withdrawn == 11
 
 

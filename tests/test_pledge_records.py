@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from msgspec.structs import astuple
 
 from scheduler import feeds
 from scheduler.errors import Invalid
@@ -36,7 +37,9 @@ from scheduler.pledges import (
     content_hash,
     csv_cells,
     field_paths,
+    record_type,
     source_id_of,
+    validate_fields,
     validate_record,
 )
 from tests.feed_server import csv_body, pledge
@@ -135,6 +138,47 @@ def test_dates_and_numeric_ids() -> None:
     assert r.source_id == "42"
     assert r.submitted_at == datetime(2024, 2, 29, tzinfo=UTC)
     assert r.source_updated_at is not None  # within a day of now: a clock a little ahead
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-05-05T10:00:00Z", datetime(2026, 5, 5, 10, tzinfo=UTC)),
+        (" 2026-05-05T12:00:00+02:00 ", datetime(2026, 5, 5, 10, tzinfo=UTC)),
+        ("2026-05-05T10:00:00.25-01:30", datetime(2026, 5, 5, 11, 30, 0, 250000, tzinfo=UTC)),
+        (" 2024-02-29 ", datetime(2024, 2, 29, tzinfo=UTC)),
+        ("2026-06-02T11:59:59Z", datetime(2026, 6, 2, 11, 59, 59, tzinfo=UTC)),
+        ("1899-12-31T23:59:00-00:01", datetime(1900, 1, 1, tzinfo=UTC)),
+        ("2026-06-02T12:00:01Z", "in the future"),
+        ("1899-12-31T23:59:59Z", "before 1900"),
+        ("2026-05-05T10:00:00", "needs a UTC offset"),
+        ("2026-05-05T10:00:00 +01:00", datetime(2026, 5, 5, 9, tzinfo=UTC)),
+        ("2026-13-05T10:00:00Z", "is not an ISO 8601"),
+        (20260505, "expected an ISO 8601"),
+    ],
+)
+def test_times_are_read_the_same_on_the_quick_path_and_the_careful_one(
+    text: Any, expected: datetime | str
+) -> None:
+    if isinstance(expected, datetime):
+        assert valid(pledge(1, submitted_at=text)).submitted_at == expected
+    else:
+        assert expected in refused(pledge(1, submitted_at=text)).reason
+
+
+def test_objectives_and_matches_are_read_the_same_on_the_quick_path_and_the_careful_one() -> None:
+    assert valid(pledge(1, objectives=[3, 3, 1])).objectives == [1, 3]
+    assert valid(pledge(1, objectives="8;1;8")).objectives == [1, 8]
+    assert valid(pledge(1, objectives="1;;2;")).objectives == [1, 2]
+    assert valid(pledge(1, objectives="٣;4")).objectives == [3, 4]  # Arabic-Indic three
+    assert "is not a GCM objective" in refused(pledge(1, objectives="1;24")).reason
+    assert "is not a GCM objective" in refused(pledge(1, objectives="²")).reason
+    assert valid(pledge(1, objectives=[])).objectives == []
+    assert "is not a GCM objective" in refused(pledge(1, objectives=[1.0])).reason
+    assert valid(pledge(9, matches=" P-000008 ")).matches_source_id == "P-000008"
+    assert valid(pledge(9, matches=8)).matches_source_id == "8"
+    assert valid(pledge(3, matches="  ")).matches_source_id is None
+    assert "longer than 200" in refused(pledge(9, matches="x" * 201)).reason
 
 
 def test_a_record_must_be_an_object_and_the_id_survives_a_refusal() -> None:
@@ -265,23 +309,90 @@ def test_pages_link_to_the_next_by_url_or_by_number() -> None:
     assert items == [{"id": 1}] and reader.next_url(here) is None
 
 
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        ('{"items": [{"id": 1}, {"id": 2}', "ends early"),
-        ('{"items": [{"id": 1} {"id": 2}]}', "expected ','"),
-        ('{"items": [{"id": 1}]} extra', "after the end"),
-        ('{"records": [}', "Expecting value"),
-        ('{"count": 3}', "no list of records"),
-        ("<html>oops</html>", "expected a JSON object"),
-        ('{"items": [{"id": "' + "x" * 5000 + '"}]}', "longer than"),
-        ('{"items": [{"id": 1, "title": "x"} ,, ]}' + " " * 200, "Expecting value"),
-        ("", "ends early"),
-    ],
-)
+MALFORMED = [
+    ('{"items": [{"id": 1}, {"id": 2}', "ends early"),
+    ('{"items": [{"id": 1} {"id": 2}]}', "expected ','"),
+    ('{"items": [{"id": 1}]} extra', "after the end"),
+    ('{"records": [}', "Expecting value"),
+    ('{"count": 3}', "no list of records"),
+    ("<html>oops</html>", "expected a JSON object"),
+    ('{"items": [{"id": "' + "x" * 5000 + '"}]}', "longer than"),
+    ('{"items": [{"id": 1, "title": "x"} ,, ]}' + " " * 200, "Expecting value"),
+    ("", "ends early"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), MALFORMED)
 def test_malformed_pages_are_refused_with_the_place(text: str, reason: str) -> None:
     with pytest.raises(MalformedBody, match=reason):
         read_json(text, max_chars=1000)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PAGE,
+        ' \ufeff[{"id": 1}, 2.5e3, [3]]\n',
+        '{"data": [], "page": 2, "total_pages": 3}',
+        '{"items": 5, "data": [{"id": 1}], "items": [{"id": 2}], "next": null}',
+        *(text for text, _ in MALFORMED),
+    ],
+)
+def test_a_page_read_whole_gives_what_reading_it_in_pieces_gives(text: str) -> None:
+    def outcome(read: Any) -> Any:
+        try:
+            return read()
+        except MalformedBody as exc:
+            return f"refused: {exc}"
+
+    def whole() -> tuple[list[Any], dict[str, Any]]:
+        reader = JsonPageReader(1000)
+        return reader.read(text), reader.meta
+
+    def fed(splits: list[int]) -> Any:
+        def read() -> tuple[list[Any], dict[str, Any]]:
+            items, reader = read_json(text, splits, max_chars=1000)
+            return items, reader.meta
+
+        return outcome(read)
+
+    got = outcome(whole)
+    assert got == fed([])  # the same records, or the same refusal at the same place
+    in_pieces = fed([len(text) // 3, len(text) // 2])
+    if isinstance(got, tuple):
+        assert in_pieces == got
+    else:  # refused too, for the same reason (read in pieces, it may say a little more)
+        assert in_pieces.startswith(got.rsplit(" at character", 1)[0])
+
+
+def test_records_read_into_the_record_type_give_the_values_a_mapping_gives() -> None:
+    typed = record_type(PATHS)
+    assert typed is not None
+    records = [pledge(1), {**pledge(2), "note": "unknown", "title": " spaced "}, {"id": 3}]
+    text = json.dumps({"items": records, "links": {"next": "/p2"}})
+    reader = JsonPageReader(1_000_000, typed)
+    rows = reader.read(text)
+    assert reader.typed and reader.meta == {"links": {"next": "/p2"}}
+    assert [astuple(row) for row in rows] == [
+        tuple(r.get(name) for name in PATHS.flat or ()) for r in records
+    ]
+    assert validate_fields(astuple(rows[0]), NOW) == valid(records[0])
+
+    # Records that do not fit (not an object here), or a page that ends otherwise: as usual.
+    for page in (PAGE, json.dumps({"items": records, "errors": []}), "[" + text):
+        plain, reader = JsonPageReader(1_000_000), JsonPageReader(1_000_000, typed)
+        try:
+            expected: Any = plain.read(page)
+        except MalformedBody as exc:
+            expected = str(exc)
+        try:
+            got: Any = reader.read(page)
+        except MalformedBody as exc:
+            got = str(exc)
+        assert got == expected and not reader.typed and reader.refused_type
+    # A field map that nests, or reads one name twice, has no record type.
+    assert record_type(field_paths({"title": "a.b"}, nested=True)) is None
+    assert record_type(field_paths({"title": "name", "pledger_name": "name"}, nested=True)) is None
 
 
 def test_a_malformed_record_far_from_the_end_is_caught_without_reading_on() -> None:
@@ -344,23 +455,58 @@ def test_the_test_servers_csv_reads_back_as_valid_pledges() -> None:
 # --- The scratch file ---------------------------------------------------------------------
 
 
-def test_the_stager_keeps_batches_and_rewinds_a_page(tmp_path: Any) -> None:
+async def test_the_stager_keeps_batches_and_rewinds_a_page(tmp_path: Any) -> None:
     stager = Stager(tmp_path, batch_size=3)
     try:
         for i in range(5):
             stager.add(valid(pledge(i)))
         stager.add_bad(Quarantined(6, "", "id: missing", "{}"))
-        mark = stager.mark()
+        mark = await stager.mark()
         for i in range(5, 12):
             stager.add(valid(pledge(i)))
+            if stager.full:
+                await stager.flush()
         stager.add_bad(Quarantined(13, "P-X", "form: missing", "{}"))
         assert (stager.good, stager.bad) == (12, 2)
         stager.rewind(mark)  # the page is fetched again
         assert (stager.good, stager.bad, stager.bad_without_id) == (5, 1, 1)
         stager.add(valid(pledge(99)))
-        got = [r.source_id for batch in stager.batches() for r in batch]
-        assert got == [f"P-{i:06d}" for i in (0, 1, 2, 3, 4, 99)]
-        assert [q.reason for items in stager.quarantined() for q in items] == ["id: missing"]
+        stager.add(valid(pledge(7)))  # seen before the rewind only: not a duplicate
+        got = [r.source_id for batch in await stager.batches() for r in batch]
+        assert got == [f"P-{i:06d}" for i in (0, 1, 2, 3, 4, 99, 7)]
+        assert [q.reason for items in await stager.quarantined() for q in items] == ["id: missing"]
+        assert sorted(stager.seen()) == sorted(got)  # P-X went with its page
+    finally:
+        stager.close()
+
+
+async def test_the_stager_sets_duplicates_aside_and_skips_what_is_stored(tmp_path: Any) -> None:
+    stored = {"P-000001": valid(pledge(1)).content_hash, "P-000002": "another hash"}
+    asked: list[list[str]] = []
+
+    async def known(source_ids: list[str]) -> dict[str, str]:
+        asked.append(source_ids)
+        return {i: stored[i] for i in source_ids if i in stored}
+
+    stager = Stager(tmp_path, batch_size=2, known=known)
+    try:
+        stager.add_bad(Quarantined(1, "P-000003", "form: missing", "{}"))
+        for raw in (pledge(0), pledge(1), pledge(2), pledge(0, title="Copy 0"), pledge(3)):
+            stager.add(valid(raw))
+            if stager.full:
+                await stager.flush()
+        assert (stager.good, stager.bad) == (4, 2)
+        written = [r.source_id for batch in await stager.batches() for r in batch]
+        # P-000001 is stored as it is: counted, not written; P-000002 changed.
+        assert written == ["P-000000", "P-000002", "P-000003"] and stager.unchanged == 1
+        assert asked == [["P-000000", "P-000001"], ["P-000002", "P-000003"]]
+        bad = [q for items in await stager.quarantined() for q in items]
+        assert [(q.source_id, q.reason) for q in bad] == [
+            ("P-000003", "form: missing"),
+            ("P-000000", "id 'P-000000' appears again (the first record wins)"),
+        ]
+        assert json.loads(bad[1].record)["title"] == "Copy 0"  # the copy set aside
+        assert sorted(stager.seen()) == [f"P-{i:06d}" for i in range(4)]
     finally:
         stager.close()
 

@@ -7,7 +7,10 @@ httpx in this run (``response.json()``, or ``csv.DictReader``); the ingest is a 
 (FeedRunner: validation, scratch file, one write transaction) into a fresh database.
 
 Goals (printed, never asserted): ingest >= 0.5x the floor's records/s, peak RSS < 200 MB,
-an unchanged re-sync <= 1 s through 304. Then the dashboard queries on those pledges.
+an unchanged re-sync <= 1 s through 304. Then a changed re-sync: the server drops 1% of the
+pledges, edits every 10th and adds 1% new ones (tests/feed_server.py ``edited``), and each
+feed is synced again, its rate printed against the same floor. Then the dashboard queries
+on those pledges.
 
     .venv/bin/python tests/bench/bench_pledge_feed.py [--records 100000] [--page-size 1000]
         [--database sqlite|postgres]
@@ -61,12 +64,21 @@ def start_server(records: int, page_size: int) -> tuple[subprocess.Popen[str], s
             "--page-size",
             str(page_size),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert process.stdout is not None
     port = int(process.stdout.readline())
     return process, f"http://127.0.0.1:{port}"
+
+
+def edit_feed(server: subprocess.Popen[str], every: int = 10) -> None:
+    """The server's feed a day later (tests/feed_server.py ``edited``)."""
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write(f"edit {every}\n")
+    server.stdin.flush()
+    assert server.stdout.readline().strip() == "edited"
 
 
 async def floor_paged(base: str) -> int:
@@ -114,9 +126,19 @@ def measure_floors(base: str) -> dict[str, tuple[int, float]]:
     return floors
 
 
-async def floors_here(base: str) -> None:
+def warm_server(base: str) -> None:
+    """The server renders its feed once, outside the timings (in a child process, so that
+    its whole documents in memory do not count in our RSS)."""
+    subprocess.run([sys.executable, __file__, "--warm", base], check=True)
+
+
+async def warm_here(base: str) -> None:
     for fn in (floor_paged, floor_document, floor_csv):
-        await fn(base)  # warm the server's page cache
+        await fn(base)
+
+
+async def floors_here(base: str) -> None:
+    await warm_here(base)
     for slug, fn in (
         ("json-paged", floor_paged),
         ("json-document", floor_document),
@@ -223,7 +245,9 @@ def main(records: int, page_size: int, database: str, data_dir: Path) -> None:
         floors = measure_floors(base)
         print(f"peak RSS before the ingests: {peak_rss_mb():.0f} MB")
         with fresh_database(database, data_dir) as url:
-            asyncio.run(ingests(url, base, records, floors, database, data_dir))
+            asyncio.run(
+                ingests(url, base, records, floors, database, data_dir, lambda: edit_feed(server))
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -236,6 +260,7 @@ async def ingests(
     floors: dict[str, tuple[int, float]],
     database: str,
     data_dir: Path,
+    edit: Callable[[], None],
 ) -> None:
     settings = Settings().replace(
         database_url=url,
@@ -281,6 +306,23 @@ async def ingests(
                 else f"200, {run.unchanged:,} unchanged (paged: no validators kept)"
             )
             print(f"  {slug:<14} {elapsed * 1000:8.0f} ms  {how}")
+        print("\nchanged re-sync (1% gone, 10% edited, 1% new):")
+        edit()
+        warm_server(base)
+        print(
+            f"  {'feed':<14} {'floor rec/s':>12} {'sync rec/s':>13} {'ratio':>6} "
+            f"{'sync s':>9} {'of which writing':>17}  new/updated/unchanged/withdrawn"
+        )
+        for slug, feed_id in feed_ids.items():
+            count, floor_s = floors[slug]
+            run, elapsed, applying = await ingest(db, settings, feed_id)
+            seen = run.new + run.updated + run.unchanged
+            floor_rate, rate = count / floor_s, seen / elapsed
+            print(
+                f"  {slug:<14} {floor_rate:12,.0f} {rate:13,.0f} {rate / floor_rate:5.2f}x "
+                f"{elapsed:8.2f}s {applying or 0:16.2f}s  "
+                f"{run.new:,}/{run.updated:,}/{run.unchanged:,}/{run.withdrawn:,}"
+            )
         print(f"peak RSS at the end of the syncs: {peak_rss_mb():.0f} MB")
         async with db.reader() as session:
             process_id = await session.scalar(
@@ -306,9 +348,13 @@ if __name__ == "__main__":
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--floors", metavar="BASE_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--warm", metavar="BASE_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floors:
         asyncio.run(floors_here(args.floors))
+        sys.exit(0)
+    if args.warm:
+        asyncio.run(warm_here(args.warm))
         sys.exit(0)
     with tempfile.TemporaryDirectory() as tmp:
         main(args.records, args.page_size, args.database, Path(tmp))
