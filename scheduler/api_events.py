@@ -14,7 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import events as svc
 from scheduler.auth import member_of, require
-from scheduler.calendar_cache import AnswerCache, calendar_version, etag
+from scheduler.calendar_cache import (
+    AnswerCache,
+    calendar_version,
+    etag,
+    latest_calendar_version,
+)
 from scheduler.cascades import Move
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
@@ -198,23 +203,26 @@ class EventController(Controller):
         if from_ is not None and to is not None and to <= from_:
             raise Invalid("to", "must be after from")
         flt = svc.EventFilter(process_id, kind, status, from_, to, limit, offset)
-        visible = await member_of(db, organizer)
-        async with db.reader() as session:
-            if organizer is not None:
+        if organizer is not None:
+            visible = await member_of(db, organizer)
+            async with db.reader() as session:
                 rows = await session.scalars(svc.list_query(flt, visible))
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
-                return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
-            # The public answer changes only when the calendar does.
-            version = await calendar_version(session)
+            return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
+        # The public answer changes only when the calendar does.
+        version = await latest_calendar_version(db)
+        tag = etag(version, flt)
+        if request.headers.get("if-none-match") == tag:
+            return Response(b"", status_code=304, headers={"ETag": tag})
+        body = answer_cache.get(version, flt)
+        if body is None:
+            async with db.reader() as session:
+                version = await calendar_version(session)  # the rows' own version
+                rows = await session.scalars(svc.list_query(flt, set()))
+                page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
+            body = msgspec.json.encode(page)
+            answer_cache.put(version, flt, body)
             tag = etag(version, flt)
-            if request.headers.get("if-none-match") == tag:
-                return Response(b"", status_code=304, headers={"ETag": tag})
-            body = answer_cache.get(version, flt)
-            if body is None:
-                rows = await session.scalars(svc.list_query(flt, visible))
-                page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
-                body = msgspec.json.encode(page)
-                answer_cache.put(version, flt, body)
         return Response(body, media_type=MediaType.JSON, headers={"ETag": tag})
 
     @get("/{event_id:int}", summary="Read one event", responses=documented(401, 404))
