@@ -211,19 +211,17 @@ class EventController(Controller):
             return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
         # The public answer changes only when the calendar does.
         version = await latest_calendar_version(db)
-        tag = etag(version, flt)
+        answer = answer_cache.get(version, flt)
+        tag = etag(version, flt) if answer is None else answer.etag
         if request.headers.get("if-none-match") == tag:
             return Response(b"", status_code=304, headers={"ETag": tag})
-        body = answer_cache.get(version, flt)
-        if body is None:
+        if answer is None:
             async with db.reader() as session:
                 version = await calendar_version(session)  # the rows' own version
                 rows = await session.scalars(svc.list_query(flt, set()))
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
-            body = msgspec.json.encode(page)
-            answer_cache.put(version, flt, body)
-            tag = etag(version, flt)
-        return Response(body, media_type=MediaType.JSON, headers={"ETag": tag})
+            answer = answer_cache.put(version, flt, msgspec.json.encode(page))
+        return Response(answer.body, media_type=MediaType.JSON, headers={"ETag": answer.etag})
 
     @get("/{event_id:int}", summary="Read one event", responses=documented(401, 404))
     async def get_event(

@@ -138,23 +138,21 @@ def create_app(settings: Settings) -> Litestar:
             await worker.stop()
             await db.dispose()
 
-    def provide_db(state: State) -> Database:
-        database: Database = state.db
-        return database
-
-    def provide_clock(state: State) -> Clock | None:
-        value: Clock | None = state.clock
-        return value
-
-    def provide_templates(state: State) -> dict[str, Template]:
-        value: dict[str, Template] = state.templates
-        return value
-
-    def provide_base_url(state: State) -> str:
-        value: str = state.settings.public_base_url
-        return value
-
+    # Providers close over the objects instead of reading them from ``state``: a provider
+    # that takes ``state`` gets a new State built for it on every request.
     answers = AnswerCache()
+
+    def provide_db() -> Database:
+        return db
+
+    def provide_clock() -> Clock | None:
+        return clock
+
+    def provide_templates() -> dict[str, Template]:
+        return templates
+
+    def provide_base_url() -> str:
+        return settings.public_base_url
 
     def provide_answers() -> AnswerCache:
         return answers
@@ -165,21 +163,17 @@ def create_app(settings: Settings) -> Litestar:
     def provide_rate_limits() -> RateLimits:
         return rate_limits
 
-    def provide_settings(state: State) -> Settings:
-        value: Settings = state.settings
-        return value
+    def provide_settings() -> Settings:
+        return settings
 
-    def provide_desk(state: State) -> RegistrationDesk:
-        value: RegistrationDesk = state.desk
-        return value
+    def provide_desk() -> RegistrationDesk:
+        return desk
 
-    def provide_worker(state: State) -> OutboxWorker:
-        value: OutboxWorker = state.worker
-        return value
+    def provide_worker() -> OutboxWorker:
+        return worker
 
-    def provide_secret(state: State) -> bytes:
-        value: bytes = state.secret
-        return value
+    def provide_secret() -> bytes:
+        return secret
 
     dependencies: dict[str, Any] = {
         "settings": Provide(provide_settings, sync_to_thread=False),

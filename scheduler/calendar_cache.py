@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, select
@@ -76,21 +77,29 @@ def etag(version: int, key: Hashable) -> str:
     return f'W/"{version}-{digest}"'
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    etag: str
+    body: bytes
+
+
 class AnswerCache:
-    """A small LRU of encoded answers, keyed by (counter version, request)."""
+    """A small LRU of encoded answers and their ETags, keyed by (counter version, request)."""
 
     def __init__(self, size: int = 512) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[int, Hashable], bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[int, Hashable], Answer] = OrderedDict()
 
-    def get(self, version: int, key: Hashable) -> bytes | None:
-        body = self._items.get((version, key))
-        if body is not None:
+    def get(self, version: int, key: Hashable) -> Answer | None:
+        answer = self._items.get((version, key))
+        if answer is not None:
             self._items.move_to_end((version, key))
-        return body
+        return answer
 
-    def put(self, version: int, key: Hashable, body: bytes) -> None:
-        self._items[(version, key)] = body
+    def put(self, version: int, key: Hashable, body: bytes) -> Answer:
+        answer = Answer(etag(version, key), body)
+        self._items[(version, key)] = answer
         self._items.move_to_end((version, key))
         while len(self._items) > self._size:
             self._items.popitem(last=False)
+        return answer
