@@ -229,7 +229,7 @@ async def _event_states(
 async def _accredited(
     session: AsyncSession, process_ids: set[int], keys: set[str], now: datetime
 ) -> set[tuple[int, str]]:
-    if not keys:
+    if not keys or not process_ids:
         return set()
     rows = await session.execute(
         _ACCREDITED, {"process_ids": sorted(process_ids), "keys": sorted(keys), "now": now}
@@ -255,7 +255,9 @@ async def register_many(
     emails = sorted({normalize_email(data.email) for _, data in requests})
     states = await _event_states(session, list(events), emails)
     keys = {organisation_key(d.organisation) for _, d in requests if d.organisation.strip()}
-    accredited = await _accredited(session, {e.process_id for e in events.values()}, keys, now)
+    # Only events that accredit organisations need to know which are accredited.
+    accrediting = {e.process_id for e in events.values() if e.accreditation_required}
+    accredited = await _accredited(session, accrediting, keys, now)
 
     results: list[Receipt | Exception] = []
     placed: list[tuple[int, dict[str, Any], Event, int | None]] = []
@@ -324,15 +326,19 @@ async def register_many(
         return results
     # Two multi-row INSERTs for the whole batch, not two statements per person.
     inserted = await session.execute(_INSERT_REGISTRATIONS, [row for _, row, _, _ in placed])
-    policies = await reminders.policies_for_events(
-        session, [events[e] for e in {row["event_id"] for _, row, _, _ in placed}]
-    )
+    # Reminders are planned for seats confirmed at once (registration_rows), so a batch
+    # that confirmed nobody (a waiting list filling up) reads no policy.
+    confirmed = {row["event_id"] for _, row, _, _ in placed if row["status"] == "confirmed"}
+    policies = await reminders.policies_for_events(session, [events[e] for e in confirmed])
     notes = []
     planned: list[dict[str, Any]] = []
     for registration_id, (index, row, event, position) in zip(
         inserted.scalars(), placed, strict=True
     ):
-        planned += reminders.registration_rows(event, policies[event.id], registration_id, row, now)
+        if event.id in policies:
+            planned += reminders.registration_rows(
+                event, policies[event.id], registration_id, row, now
+            )
         results[index] = Receipt(
             registration_id, event.id, row["status"], position, row["hold_expires_at"]
         )

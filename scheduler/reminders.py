@@ -407,8 +407,10 @@ async def stored_policies(
 
 
 async def policies_for_events(session: AsyncSession, events: Iterable[Event]) -> dict[int, Policy]:
-    """Each event's policy, with one query for all of them."""
+    """Each event's policy, with one query for all of them (none for no event)."""
     events = list(events)
+    if not events:
+        return {}
     stored = await stored_policies(session, {e.process_id for e in events})
     return {
         e.id: resolve_policy(e.kind, e.reminder_offsets, stored.get((e.process_id, e.kind)))
