@@ -9,7 +9,9 @@ everyone else waiting, in a gapless order (zero overbooking).
 
 Goals (printed, never asserted): real route >= 2x the baseline's req/s, p99 <= 50 ms at 32
 connections. Mail sending is switched off in the server (rows are still queued in the same
-transaction): the bench measures the request path, as the baseline has no mail at all.
+transaction): the bench measures the request path, as the baseline has no mail at all. Each
+run line also gives the server's CPU time per request and the load average (see
+bench_events.py).
 
     .venv/bin/python tests/bench/bench_registrations.py [--duration 10] [--connections 32]
         [--database sqlite|postgres] [--rounds 2]
@@ -31,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.live_server import LiveServer, cli, fresh_database, server_env
+from tests.live_server import LiveServer, cli, cpu_note, cpu_seconds, fresh_database, server_env
 
 CAPACITY = 1000
 LUA = """
@@ -163,8 +165,11 @@ def main() -> int:
                     "registration": f"/api/events/{event_id}/registrations",
                 }
                 best: dict[str, Run] = {}
+                assert server.process is not None
+                pid = server.process.pid
                 for round_ in range(args.rounds):
                     for name, path in routes.items():
+                        cpu = cpu_seconds(pid)
                         run = wrk(
                             server.base_url,
                             path,
@@ -173,9 +178,11 @@ def main() -> int:
                             args.duration,
                             script,
                         )
+                        note = cpu_note(pid, cpu, run.rps * args.duration)
                         print(
                             f"  {name:15} round {round_ + 1}: {run.rps:8.0f} req/s  "
                             f"p50 {run.p50:6.1f} ms  p99 {run.p99:6.1f} ms  non-2xx {run.errors}"
+                            f"  {note}"
                         )
                         old = best.get(name)
                         if old is None or run.rps > old.rps:
