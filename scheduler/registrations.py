@@ -17,7 +17,16 @@ from typing import Annotated, Any, Literal, cast
 import iso3166
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
-from sqlalchemy import ColumnElement, ScalarSelect, Table, bindparam, func, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import fields as f
@@ -26,6 +35,7 @@ from scheduler.capacity import SeatCount, hold_until, place, registration_open, 
 from scheduler.errors import Conflict, Invalid, NotFound
 from scheduler.manage_links import new_nonce
 from scheduler.models import (
+    ACTIVE_STATUS_SQL,
     ACTIVE_STATUSES,
     SEAT_STATUSES,
     Accreditation,
@@ -179,10 +189,13 @@ _SEATS = select(
     _per_event(func.count(), _REGISTRATIONS.c.status == "waiting"),
     _per_event(func.max(_REGISTRATIONS.c.waitlist_seq)),
 ).where(_EVENTS.c.id.in_(bindparam("event_ids", expanding=True)))
+# Looked up in the partial unique index of live registrations (event_id, email): with the
+# statuses as bound values SQLite walked the event's whole status index instead, 5 ms a
+# batch at 30,000 registrations.
 _EMAILS_TAKEN = select(_REGISTRATIONS.c.event_id, _REGISTRATIONS.c.email).where(
     _REGISTRATIONS.c.event_id.in_(bindparam("event_ids", expanding=True)),
     _REGISTRATIONS.c.email.in_(bindparam("emails", expanding=True)),
-    _REGISTRATIONS.c.status.in_(ACTIVE_STATUSES),
+    text(ACTIVE_STATUS_SQL),
 )
 _ACCREDITED = select(_ACCREDITATIONS.c.process_id, _ACCREDITATIONS.c.organisation_key).where(
     _ACCREDITATIONS.c.process_id.in_(bindparam("process_ids", expanding=True)),
