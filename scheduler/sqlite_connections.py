@@ -2,16 +2,19 @@
 
 aiosqlite runs every call on the connection's own thread and hands the result back to the
 event loop: creating a cursor, executing, fetching and closing are four round trips per
-statement, each a thread wake-up, a GIL hand-over and a loop wake-up. A ``GET /health``
+statement, each a thread wake-up, a GIL hand-over and a turn of the loop. A ``GET /health``
 (BEGIN, SELECT 1, ROLLBACK) made nine of them. Under load the hand-overs, not SQLite, set
-the latency: each one waits for the other thread to give up the GIL, up to the interpreter's
-5 ms switch interval, while a statement takes microseconds.
+the latency: each result waits for the loop to come round to it, behind every other ready
+request, while the statement itself takes microseconds.
 
 Readers therefore run on the event loop's own thread: in WAL mode a reader never waits for a
 writer's lock, so a read cannot stall the loop on ``busy_timeout``. The writer keeps a thread
-of its own, as BEGIN IMMEDIATE and COMMIT may wait for another process's write lock (the CLI
-syncing a feed, a second node), but makes one round trip per statement: it executes and
-fetches the first rows together, and closes cursors and skips empty rollbacks without one.
+of its own, as BEGIN IMMEDIATE may wait for another process's write lock (the CLI syncing a
+feed, a second node) and a commit may run a checkpoint; SQLite's own work then also runs on
+the other core. (A writer on the loop's thread was measured: less CPU per registration, but
+a worse p99, the loop waiting out every commit.) It makes one round trip per statement: BEGIN
+goes with the first statement, a statement fetches its first rows with it, and closing a
+cursor or rolling back nothing costs none.
 
 SQLAlchemy's aiosqlite dialect drives these objects (``async_creator``), so the dialect,
 its SQL and its error classes (``sqlite3``'s, which aiosqlite re-exports) stay the same.
@@ -20,6 +23,7 @@ its SQL and its error classes (``sqlite3``'s, which aiosqlite re-exports) stay t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -119,7 +123,9 @@ class Cursor:
     async def close(self) -> None:
         self._rows.clear()
         self._more = False
-        self._cursor.close()  # no I/O: frees the prepared statement
+        # Frees the statement; on the writer's thread, queued after anything still running
+        # there (a cancelled caller's statement), but not waited for.
+        self._owner.run_soon(self._cursor.close)
 
 
 def _execute(
@@ -157,6 +163,13 @@ class Connection:
         if self._thread is None:
             return fn(*args)
         return await self._thread.run(fn, *args)
+
+    def run_soon(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` in turn, without waiting for it (nothing comes back)."""
+        if self._thread is None:
+            fn()
+        else:
+            self._thread.call(fn)
 
     def begin_before_next_statement(self, sql: str) -> None:
         """Open the transaction with ``sql`` together with its first statement.
@@ -235,25 +248,26 @@ class CallThread:
         self._calls.put(_Call(fn, args, loop, future))
         return await future
 
-    def call_and_stop(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` after the calls already queued, then end the thread (no result)."""
+    def call(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` after the calls already queued; nothing comes back."""
         self._calls.put(_Call(fn, (), None, None))
-        self._calls.put(None)
+
+    def call_and_stop(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` after the calls already queued, then end the thread."""
+        self.call(fn)
+        self.stop()
 
     def stop(self) -> None:
         self._calls.put(None)
 
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:
-            loop, future = call.loop, call.future
             try:
                 result = call.fn(*call.args)
             except BaseException as exc:  # handed to the caller, whatever it is
-                if loop is not None and future is not None:
-                    loop.call_soon_threadsafe(_fail, future, exc)
+                _answer(call, _fail, exc)
             else:
-                if loop is not None and future is not None:
-                    loop.call_soon_threadsafe(_succeed, future, result)
+                _answer(call, _succeed, result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +276,13 @@ class _Call:
     args: tuple[Any, ...]
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future[Any] | None
+
+
+def _answer(call: _Call, settle: Callable[[asyncio.Future[Any], Any], None], value: object) -> None:
+    if call.loop is None or call.future is None:
+        return
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        call.loop.call_soon_threadsafe(settle, call.future, value)
 
 
 def _succeed(future: asyncio.Future[Any], result: object) -> None:
