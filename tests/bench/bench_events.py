@@ -13,8 +13,9 @@ serialization. The list is judged relative to it, so the goals hold on any machi
 
 Each run line also gives the server's CPU time per request and the load average: on a
 shared machine they tell a slower server from a busier machine. Nothing is asserted on
-wall-clock time: the script prints the numbers and MET / MISSED for each goal, and exits 0 either way (1 with ``--strict`` when a goal is missed, 2 when the
-setup itself failed, 130 on Ctrl-C). The server is always stopped and the temporary
+wall-clock time: the script prints the numbers and MET / MISSED for each goal, and exits 0
+either way (1 with ``--strict`` when a goal is missed, 2 when the setup itself failed, 130
+on Ctrl-C). The server is always stopped and the temporary
 directory (and, for PostgreSQL, the temporary database) removed.
 
 Needs ``wrk`` (Debian package ``wrk``) on PATH. Run from the project root::
