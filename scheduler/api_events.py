@@ -13,7 +13,12 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import events as svc
-from scheduler.calendar_cache import AnswerCache, calendar_version, etag
+from scheduler.calendar_cache import (
+    AnswerCache,
+    calendar_version,
+    etag,
+    latest_calendar_version,
+)
 from scheduler.cascades import Move
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
@@ -197,24 +202,25 @@ class EventController(Controller):
         if from_ is not None and to is not None and to <= from_:
             raise Invalid("to", "must be after from")
         flt = svc.EventFilter(process_id, kind, status, from_, to, limit, offset)
-        async with db.reader() as session:
-            if caller is not None:
+        if caller is not None:
+            async with db.reader() as session:
                 visible = await processes_where(session, caller)
                 rows = await session.scalars(svc.list_query(flt, visible))
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
-                return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
-            # The public answer changes only when the calendar does.
-            version = await calendar_version(session)
-            tag = etag(version, flt)
-            if request.headers.get("if-none-match") == tag:
-                return Response(b"", status_code=304, headers={"ETag": tag})
-            body = answer_cache.get(version, flt)
-            if body is None:
+            return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
+        # The public answer changes only when the calendar does.
+        version = await latest_calendar_version(db)
+        answer = answer_cache.get(version, flt)
+        tag = etag(version, flt) if answer is None else answer.etag
+        if request.headers.get("if-none-match") == tag:
+            return Response(b"", status_code=304, headers={"ETag": tag})
+        if answer is None:
+            async with db.reader() as session:
+                version = await calendar_version(session)  # the rows' own version
                 rows = await session.scalars(svc.list_query(flt, set()))
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
-                body = msgspec.json.encode(page)
-                answer_cache.put(version, flt, body)
-        return Response(body, media_type=MediaType.JSON, headers={"ETag": tag})
+            answer = answer_cache.put(version, flt, msgspec.json.encode(page))
+        return Response(answer.body, media_type=MediaType.JSON, headers={"ETag": answer.etag})
 
     @get("/{event_id:int}", summary="Read one event", responses=documented(401, 404))
     async def get_event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -62,6 +64,24 @@ from scheduler.webhook_delivery import WebhookChannel
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
+def resolve_dependencies_in_turn(app: Litestar) -> None:
+    """Have every route resolve its dependencies one after another, never in a task group.
+
+    Litestar resolves the dependencies that do not depend on each other (``db`` and
+    ``worker``, say) together, in an anyio task group: two tasks spawned and awaited per
+    request, some 55 microseconds, a third of a cached ``GET /api/events``, to return
+    objects that already exist. Ours are such providers, or one query (``organizer``) that
+    depends on ``db`` anyway, so running them in turn loses nothing. The batches keep their
+    order, so a dependency still comes after those it takes. Called at startup, after every
+    route is registered.
+    """
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            for _, kwargs_model in route.route_handler_map.values():
+                batches = kwargs_model.dependency_batches
+                kwargs_model.dependency_batches = [{d} for batch in batches for d in batch]
+
+
 def create_app(settings: Settings) -> Litestar:
     logs.configure(settings.log_level, settings.log_format)
     if not settings.is_sqlite and not settings.secret_key:
@@ -95,7 +115,8 @@ def create_app(settings: Settings) -> Litestar:
             worker.kick()
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        resolve_dependencies_in_turn(app)
         desk.start()
         worker.start()
         if clock is not None:
@@ -112,32 +133,37 @@ def create_app(settings: Settings) -> Litestar:
                 replace_existing=True,
             )
             clock.start()
+        # Everything built so far lives as long as the server: the garbage collector's full
+        # passes, which stopped every request for 65-155 ms (tests/bench/bench_events.py),
+        # skip it from now on. Unfrozen at shutdown, so that tests starting many apps leak
+        # nothing.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             if clock is not None:
                 clock.shutdown()
             await desk.stop()
             await worker.stop()
             await db.dispose()
 
-    def provide_db(state: State) -> Database:
-        database: Database = state.db
-        return database
-
-    def provide_clock(state: State) -> Clock | None:
-        value: Clock | None = state.clock
-        return value
-
-    def provide_templates(state: State) -> dict[str, Template]:
-        value: dict[str, Template] = state.templates
-        return value
-
-    def provide_base_url(state: State) -> str:
-        value: str = state.settings.public_base_url
-        return value
-
+    # Providers close over the objects instead of reading them from ``state``: a provider
+    # that takes ``state`` gets a new State built for it on every request.
     answers = AnswerCache()
+
+    def provide_db() -> Database:
+        return db
+
+    def provide_clock() -> Clock | None:
+        return clock
+
+    def provide_templates() -> dict[str, Template]:
+        return templates
+
+    def provide_base_url() -> str:
+        return settings.public_base_url
 
     def provide_answers() -> AnswerCache:
         return answers
@@ -148,21 +174,17 @@ def create_app(settings: Settings) -> Litestar:
     def provide_rate_limits() -> RateLimits:
         return rate_limits
 
-    def provide_settings(state: State) -> Settings:
-        value: Settings = state.settings
-        return value
+    def provide_settings() -> Settings:
+        return settings
 
-    def provide_desk(state: State) -> RegistrationDesk:
-        value: RegistrationDesk = state.desk
-        return value
+    def provide_desk() -> RegistrationDesk:
+        return desk
 
-    def provide_worker(state: State) -> OutboxWorker:
-        value: OutboxWorker = state.worker
-        return value
+    def provide_worker() -> OutboxWorker:
+        return worker
 
-    def provide_secret(state: State) -> bytes:
-        value: bytes = state.secret
-        return value
+    def provide_secret() -> bytes:
+        return secret
 
     dependencies: dict[str, Any] = {
         "settings": Provide(provide_settings, sync_to_thread=False),

@@ -3,7 +3,9 @@
 SQLite gets WAL, foreign keys, a busy timeout and exactly one writer connection (a pooled
 writer was measured at p99 ~0.9 s against ~60 ms for one); reads use a small separate pool.
 Writers begin with ``BEGIN IMMEDIATE`` so that a second process waits on the busy timeout
-instead of failing on a lock upgrade. PostgreSQL uses one ordinary pool for both.
+instead of failing on a lock upgrade. SQLite connections are sqlite_connections' (readers on
+the loop's thread, the writer on its own), not aiosqlite's. PostgreSQL uses one ordinary
+pool for both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,7 +26,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from scheduler import audit
+from scheduler import audit, sqlite_connections
 from scheduler.calendar_cache import bump_on_calendar_change
 from scheduler.settings import PROJECT_ROOT, Settings
 
@@ -34,12 +37,16 @@ class Database:
     reader_engine: AsyncEngine
     writer: async_sessionmaker[AsyncSession]
     reader: async_sessionmaker[AsyncSession]
+    # SQLite: single-row reads on the loop's thread, without a session (calendar_cache).
+    probe: sqlite_connections.Probe | None = None
 
     @property
     def is_sqlite(self) -> bool:
         return self.writer_engine.dialect.name == "sqlite"
 
     async def dispose(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
         await self.writer_engine.dispose()
         if self.reader_engine is not self.writer_engine:
             await self.reader_engine.dispose()
@@ -59,9 +66,15 @@ def resolve_url(database_url: str) -> URL:
 
 def open_database(settings: Settings) -> Database:
     url = resolve_url(settings.database_url)
+    probe = None
     if url.get_backend_name() == "sqlite":
         writer = _sqlite_engine(url, settings, pool_size=1, writer=True)
         reader = _sqlite_engine(url, settings, pool_size=settings.database_pool_size, writer=False)
+        database, uri = _sqlite_file(url)
+        if database != ":memory:":  # a private memory database would be another database
+            probe = sqlite_connections.Probe(
+                database, uri=uri, busy_timeout_ms=settings.database_busy_timeout_ms
+            )
     else:
         writer = reader = create_async_engine(
             url,
@@ -78,6 +91,7 @@ def open_database(settings: Settings) -> Database:
         reader=async_sessionmaker(
             reader, expire_on_commit=False, sync_session_class=TrackedSession
         ),
+        probe=probe,
     )
 
 
@@ -92,20 +106,27 @@ event.listen(TrackedSession, "before_commit", audit.write)
 event.listen(TrackedSession, "after_soft_rollback", audit.forget)
 
 
+def _sqlite_file(url: URL) -> tuple[str, bool]:
+    """What ``sqlite3.connect`` opens for ``url``: the file (or file URI), and whether a URI."""
+    args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(url)
+    return str(args[0]), bool(kwargs.get("uri", False))
+
+
 def _sqlite_engine(url: URL, settings: Settings, *, pool_size: int, writer: bool) -> AsyncEngine:
+    database, uri = _sqlite_file(url)
     engine = create_async_engine(
         url,
         poolclass=AsyncAdaptedQueuePool,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=60,
+        # Readers on the loop's thread, the writer on a thread of its own (sqlite_connections).
+        async_creator=sqlite_connections.connector(database, uri=uri, threaded=writer),
     )
     busy_ms = settings.database_busy_timeout_ms
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let us issue BEGIN ourselves (pysqlite's implicit transactions defer locking).
-        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -119,6 +140,7 @@ def _sqlite_engine(url: URL, settings: Settings, *, pool_size: int, writer: bool
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+        driver: sqlite_connections.Connection = connection.connection.driver_connection
+        driver.begin_before_next_statement(begin)
 
     return engine

@@ -95,8 +95,13 @@ def check_aware(field: str, value: datetime | None) -> None:
     check_range(field, value)
 
 
-def check_parameters(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def check_parameters(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     """App-wide guard: path and query values the database cannot take never reach it.
+
+    A coroutine although it does no I/O: Litestar runs a plain function guard in its thread
+    pool, a round trip to another thread on every request.
 
     A numeric path id outside 1..2^31-1 names nothing, nor does a path value holding a NUL
     character: 404. A query id (``*_id``), ``limit`` or ``offset`` beyond 2^31-1, or any

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler.mail_render import KINDS
@@ -394,18 +394,24 @@ def person_of(row: Registration | Organizer | Subscription) -> Person:
 # --- Services: policies -------------------------------------------------------------------
 
 
+# Built once: read for every batch of registrations (registrations.register_many).
+_POLICIES = select(ReminderPolicy).where(
+    ReminderPolicy.process_id.in_(bindparam("process_ids", expanding=True))
+)
+
+
 async def stored_policies(
     session: AsyncSession, process_ids: Iterable[int]
 ) -> dict[tuple[int, str], Policy]:
-    rows = await session.scalars(
-        select(ReminderPolicy).where(ReminderPolicy.process_id.in_(set(process_ids)))
-    )
+    rows = await session.scalars(_POLICIES, {"process_ids": sorted(set(process_ids))})
     return {(p.process_id, p.kind): Policy(tuple(p.offsets), tuple(p.audiences)) for p in rows}
 
 
 async def policies_for_events(session: AsyncSession, events: Iterable[Event]) -> dict[int, Policy]:
-    """Each event's policy, with one query for all of them."""
+    """Each event's policy, with one query for all of them (none for no event)."""
     events = list(events)
+    if not events:
+        return {}
     stored = await stored_policies(session, {e.process_id for e in events})
     return {
         e.id: resolve_policy(e.kind, e.reminder_offsets, stored.get((e.process_id, e.kind)))

@@ -47,6 +47,31 @@ def server_env(data_dir: Path, database_url: str, **extra: str) -> dict[str, str
     return env
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) used so far by every thread of a process; None off Linux.
+
+    The benches print it per request: on a shared machine it moves far less than req/s or
+    latency when other work takes the cores.
+    """
+    try:
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_note(pid: int, before: float | None, requests: float) -> str:
+    """``server CPU <us>/req``, plus the load average, for a bench's run line."""
+    after = cpu_seconds(pid)
+    load = f"load {os.getloadavg()[0]:.1f}"
+    if before is None or after is None or requests <= 0:
+        return load
+    return f"server CPU {(after - before) / requests * 1e6:5.0f} us/req  {load}"
+
+
 def cli(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
         [*SCHEDULER, *args], env=env, capture_output=True, text=True, timeout=120

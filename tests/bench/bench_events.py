@@ -11,9 +11,11 @@ serialization. The list is judged relative to it, so the goals hold on any machi
 * ``ratio list/health >= 0.50`` (req/s of the list over req/s of health), and
 * ``list p99 <= 20 ms`` at the given number of connections (default 32).
 
-Nothing is asserted on wall-clock time: the script prints the numbers and MET / MISSED for
-each goal, and exits 0 either way (1 with ``--strict`` when a goal is missed, 2 when the
-setup itself failed, 130 on Ctrl-C). The server is always stopped and the temporary
+Each run line also gives the server's CPU time per request and the load average: on a
+shared machine they tell a slower server from a busier machine. Nothing is asserted on
+wall-clock time: the script prints the numbers and MET / MISSED for each goal, and exits 0
+either way (1 with ``--strict`` when a goal is missed, 2 when the setup itself failed, 130
+on Ctrl-C). The server is always stopped and the temporary
 directory (and, for PostgreSQL, the temporary database) removed.
 
 Needs ``wrk`` (Debian package ``wrk``) on PATH. Run from the project root::
@@ -49,6 +51,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.live_server import cpu_note, cpu_seconds
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -230,7 +236,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 @contextmanager
-def running_server(env: dict[str, str], log_path: Path, base_url: str) -> Iterator[None]:
+def running_server(env: dict[str, str], log_path: Path, base_url: str) -> Iterator[int]:
+    """The server's process id, once it answers."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [scheduler_command(), "serve"],
@@ -243,7 +250,7 @@ def running_server(env: dict[str, str], log_path: Path, base_url: str) -> Iterat
         )
         try:
             wait_healthy(proc, base_url, log_path)
-            yield
+            yield proc.pid
         finally:
             stop(proc)
 
@@ -348,17 +355,21 @@ def seed(base_url: str, token: str) -> int:
 # --- main -----------------------------------------------------------------------------------
 
 
-def measure(wrk: str, base_url: str, endpoints: list[Endpoint], args: argparse.Namespace) -> None:
+def measure(
+    wrk: str, base_url: str, endpoints: list[Endpoint], args: argparse.Namespace, server: int
+) -> None:
     for round_no in range(1, args.rounds + 1):
         for ep in endpoints:
             url = base_url + ep.path
             if args.warmup > 0:
                 run_wrk(wrk, url, args.connections, args.warmup, latency=False)
+            cpu = cpu_seconds(server)
             result = parse_wrk(run_wrk(wrk, url, args.connections, args.duration, latency=True))
             ep.runs.append(result)
+            note = cpu_note(server, cpu, result.requests_per_sec * args.duration)
             print(
                 f"  round {round_no} {ep.name:<12} {result.requests_per_sec:9.1f} req/s"
-                f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms",
+                f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  {note}",
                 flush=True,
             )
 
@@ -438,7 +449,7 @@ def bench(args: argparse.Namespace) -> bool:
             run_cli(["migrate"], env)
             token = run_cli(["organizer", "create", "--name", "Bench"], env).strip()
             token = token.splitlines()[-1].strip()
-            with running_server(env, tmp / "server.log", base_url):
+            with running_server(env, tmp / "server.log", base_url) as server:
                 size = seed(base_url, token)
                 print(f"seeded {EVENT_COUNT} events; GET /api/events answers {size} bytes")
                 print(
@@ -448,7 +459,7 @@ def bench(args: argparse.Namespace) -> bool:
                 )
                 health = Endpoint("health", "/health")
                 events = Endpoint("list events", "/api/events")
-                measure(wrk, base_url, [health, events], args)
+                measure(wrk, base_url, [health, events], args, server)
             return report(health, events, args.connections)
 
 

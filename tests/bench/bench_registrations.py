@@ -11,7 +11,9 @@ Goals (printed, never asserted): real route >= 2x the baseline's req/s, p99 <= 5
 connections. Mail and webhook sending are switched off in the server (rows are still queued
 in the same transaction): the bench measures the request path, as the baseline has no mail
 at all. With ``--webhook`` the process has a webhook subscribed to registration.created, so
-each registration also plans a webhook delivery (scheduler/webhook_events.py).
+each registration also plans a webhook delivery (scheduler/webhook_events.py). Each run
+line also gives the server's CPU time per request and the load average (see
+bench_events.py).
 
     .venv/bin/python tests/bench/bench_registrations.py [--duration 10] [--connections 32]
         [--database sqlite|postgres] [--rounds 2] [--webhook]
@@ -33,7 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.live_server import LiveServer, cli, fresh_database, server_env
+from tests.live_server import LiveServer, cli, cpu_note, cpu_seconds, fresh_database, server_env
 
 CAPACITY = 1000
 LUA = """
@@ -186,8 +188,11 @@ def main() -> int:
                     "registration": f"/api/events/{event_id}/registrations",
                 }
                 best: dict[str, Run] = {}
+                assert server.process is not None
+                pid = server.process.pid
                 for round_ in range(args.rounds):
                     for name, path in routes.items():
+                        cpu = cpu_seconds(pid)
                         run = wrk(
                             server.base_url,
                             path,
@@ -196,9 +201,11 @@ def main() -> int:
                             args.duration,
                             script,
                         )
+                        note = cpu_note(pid, cpu, run.rps * args.duration)
                         print(
                             f"  {name:15} round {round_ + 1}: {run.rps:8.0f} req/s  "
                             f"p50 {run.p50:6.1f} ms  p99 {run.p99:6.1f} ms  non-2xx {run.errors}"
+                            f"  {note}"
                         )
                         old = best.get(name)
                         if old is None or run.rps > old.rps:
