@@ -3,9 +3,8 @@
 SQLite gets WAL, foreign keys, a busy timeout and exactly one writer connection (a pooled
 writer was measured at p99 ~0.9 s against ~60 ms for one); reads use a small separate pool.
 Writers begin with ``BEGIN IMMEDIATE`` so that a second process waits on the busy timeout
-instead of failing on a lock upgrade. SQLite connections are sqlite_connections' (readers on
-the loop's thread, the writer on its own), not aiosqlite's. PostgreSQL uses one ordinary
-pool for both.
+instead of failing on a lock upgrade. The change counter behind cached answers is read
+through a probe (sqlite_probe). PostgreSQL uses one ordinary pool for both.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from scheduler import audit, sqlite_connections
+from scheduler import audit, sqlite_probe
 from scheduler.calendar_cache import bump_on_calendar_change
 from scheduler.settings import PROJECT_ROOT, Settings
 
@@ -38,7 +37,7 @@ class Database:
     writer: async_sessionmaker[AsyncSession]
     reader: async_sessionmaker[AsyncSession]
     # SQLite: single-row reads on the loop's thread, without a session (calendar_cache).
-    probe: sqlite_connections.Probe | None = None
+    probe: sqlite_probe.Probe | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -72,7 +71,7 @@ def open_database(settings: Settings) -> Database:
         reader = _sqlite_engine(url, settings, pool_size=settings.database_pool_size, writer=False)
         database, uri = _sqlite_file(url)
         if database != ":memory:":  # a private memory database would be another database
-            probe = sqlite_connections.Probe(
+            probe = sqlite_probe.Probe(
                 database, uri=uri, busy_timeout_ms=settings.database_busy_timeout_ms
             )
     else:
@@ -113,20 +112,19 @@ def _sqlite_file(url: URL) -> tuple[str, bool]:
 
 
 def _sqlite_engine(url: URL, settings: Settings, *, pool_size: int, writer: bool) -> AsyncEngine:
-    database, uri = _sqlite_file(url)
     engine = create_async_engine(
         url,
         poolclass=AsyncAdaptedQueuePool,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=60,
-        # Readers on the loop's thread, the writer on a thread of its own (sqlite_connections).
-        async_creator=sqlite_connections.connector(database, uri=uri, threaded=writer),
     )
     busy_ms = settings.database_busy_timeout_ms
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's implicit transactions defer locking).
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -140,7 +138,6 @@ def _sqlite_engine(url: URL, settings: Settings, *, pool_size: int, writer: bool
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        driver: sqlite_connections.Connection = connection.connection.driver_connection
-        driver.begin_before_next_statement(begin)
+        connection.exec_driver_sql(begin)
 
     return engine
