@@ -52,6 +52,7 @@ def bump_on_calendar_change(session: Session, _context: Any, _instances: Any) ->
 _COUNTERS = cast(Table, ChangeCounter.__table__)
 _VERSION = select(_COUNTERS.c.version).where(_COUNTERS.c.name == CALENDAR)
 _VERSION_SQL = "SELECT version FROM change_counters WHERE name = ?"
+_PG_VERSION_SQL = "SELECT version FROM change_counters WHERE name = $1"
 
 
 async def calendar_version(session: AsyncSession) -> int:
@@ -68,6 +69,8 @@ async def latest_calendar_version(db: Database) -> int:
     """
     if db.probe is not None:
         return int(db.probe.scalar(_VERSION_SQL, (CALENDAR,)) or 0)
+    if db.pg_probe is not None:
+        return int(await db.pg_probe.scalar(_PG_VERSION_SQL, CALENDAR) or 0)
     async with db.reader_engine.connect() as conn:
         return int(await conn.scalar(_VERSION) or 0)
 

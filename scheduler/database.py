@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from scheduler import audit, sqlite_probe
+from scheduler import audit, pg_probe, sqlite_probe
 from scheduler.calendar_cache import bump_on_calendar_change
 from scheduler.settings import PROJECT_ROOT, Settings
 
@@ -38,6 +38,8 @@ class Database:
     reader: async_sessionmaker[AsyncSession]
     # SQLite: single-row reads on the loop's thread, without a session (calendar_cache).
     probe: sqlite_probe.Probe | None = None
+    # PostgreSQL: the same, through one connection of its own.
+    pg_probe: pg_probe.PgProbe | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -46,6 +48,8 @@ class Database:
     async def dispose(self) -> None:
         if self.probe is not None:
             self.probe.close()
+        if self.pg_probe is not None:
+            await self.pg_probe.close()
         await self.writer_engine.dispose()
         if self.reader_engine is not self.writer_engine:
             await self.reader_engine.dispose()
@@ -66,6 +70,7 @@ def resolve_url(database_url: str) -> URL:
 def open_database(settings: Settings) -> Database:
     url = resolve_url(settings.database_url)
     probe = None
+    counter_probe = None
     if url.get_backend_name() == "sqlite":
         writer = _sqlite_engine(url, settings, pool_size=1, writer=True)
         reader = _sqlite_engine(url, settings, pool_size=settings.database_pool_size, writer=False)
@@ -81,6 +86,8 @@ def open_database(settings: Settings) -> Database:
             max_overflow=settings.database_pool_size,
             pool_pre_ping=True,
         )
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        counter_probe = pg_probe.PgProbe(dsn)
     return Database(
         writer_engine=writer,
         reader_engine=reader,
@@ -91,6 +98,7 @@ def open_database(settings: Settings) -> Database:
             reader, expire_on_commit=False, sync_session_class=TrackedSession
         ),
         probe=probe,
+        pg_probe=counter_probe,
     )
 
 
