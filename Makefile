@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint types chromium bench lock clean
+.PHONY: run test install lint types chromium wrk bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -39,8 +39,15 @@ chromium:
 test: lint types chromium
 	$(BIN)/pytest
 
-bench: $(STAMP)
+# The HTTP benches load the server with Debian's wrk.
+wrk:
+	@command -v wrk >/dev/null || { \
+		echo "installing Debian's wrk for the benches"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
+
+bench: $(STAMP) wrk
 	$(BIN)/python tests/bench/bench_events.py
+	$(BIN)/python tests/bench/bench_registrations.py
 
 # Refresh the pinned versions after changing dependencies in pyproject.toml.
 lock: $(STAMP)
