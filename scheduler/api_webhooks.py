@@ -138,6 +138,15 @@ def delivery_out(row: WebhookDelivery, attempts: list[WebhookAttempt]) -> Delive
     )
 
 
+async def _checked_url(settings: Settings, url: str) -> str:
+    """The URL as stored, under the deployment's host rules (outside any transaction)."""
+    return await svc.check_target(
+        url,
+        parse_hosts(settings.webhooks_allowed_hosts),
+        only_allowed=settings.webhooks_only_allowed_hosts,
+    )
+
+
 async def _member_process(
     session: AsyncSession, who: Caller, process_id: int, at_least: Role = "organizer"
 ) -> None:
@@ -181,11 +190,7 @@ class WebhookController(Controller):
         who = authenticated(caller)
         async with db.reader() as session:
             await _member_process(session, who, process_id)
-        url = await svc.check_target(
-            data.url,
-            parse_hosts(settings.webhooks_allowed_hosts),
-            only_allowed=settings.webhooks_only_allowed_hosts,
-        )
+        url = await _checked_url(settings, data.url)
         async with db.writer.begin() as session:
             await _member_process(session, who, process_id)
             hook, secret = await svc.create_webhook(
@@ -195,7 +200,7 @@ class WebhookController(Controller):
 
     @get(
         "/api/processes/{process_id:int}/webhooks",
-        summary="The process's webhooks (organizers)",
+        summary="The process's webhooks (members)",
         responses=documented(401, 403, 404),
     )
     async def list_webhooks(
@@ -214,7 +219,7 @@ class WebhookController(Controller):
 
     @get(
         "/api/webhooks/{webhook_id:int}",
-        summary="Read one webhook (organizers)",
+        summary="Read one webhook (members)",
         responses=documented(401, 403, 404),
     )
     async def get_webhook(
@@ -247,11 +252,7 @@ class WebhookController(Controller):
             await _webhook_of(session, who, webhook_id)
         url = None
         if isinstance(data.url, str):
-            url = await svc.check_target(
-                data.url,
-                parse_hosts(settings.webhooks_allowed_hosts),
-                only_allowed=settings.webhooks_only_allowed_hosts,
-            )
+            url = await _checked_url(settings, data.url)
         async with db.writer.begin() as session:
             hook = await _webhook_of(session, who, webhook_id)
             await svc.update_webhook(session, hook, data, url, utc_now())
@@ -321,7 +322,7 @@ class WebhookController(Controller):
 
     @get(
         "/api/webhooks/{webhook_id:int}/deliveries",
-        summary="A webhook's deliveries and every attempt (organizers)",
+        summary="A webhook's deliveries and every attempt (members)",
         description="Newest first: the event type, the body sent (the same on every attempt), "
         "the status (planned, sending, sent, failed, cancelled), the next attempt's time, the "
         "last error, and each attempt's time, duration, HTTP status, error and the first "
