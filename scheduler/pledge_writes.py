@@ -3,8 +3,8 @@
 While a feed is fetched, validated records go to a scratch file on disk (no transaction is
 open, memory holds the ids seen rather than the records); then ``apply_staged`` writes them
 in the run's one transaction, set-based: one upsert that inserts new pledges and rewrites
-changed ones (a content hash compared; unchanged rows are not touched), then the objective
-rows and the withdrawals as single statements. Services here take a session and never
+changed ones (a content hash compared; unchanged rows are not touched), then the
+withdrawals as one statement. Services here take a session and never
 commit.
 """
 
@@ -29,14 +29,13 @@ from scheduler.models import (
     FeedRun,
     Organizer,
     Pledge,
-    PledgeObjective,
     Process,
     ProcessOrganizer,
     QuarantinedRecord,
 )
 from scheduler.outbox import enqueue
 from scheduler.permissions import ORGANIZING_ROLES
-from scheduler.pledges import PledgeRecord
+from scheduler.pledges import PledgeRecord, objective_mask
 
 _MAX_QUARANTINED_JSON = 8000
 _DIGEST_TITLES = 5
@@ -272,7 +271,6 @@ def quarantined_json(raw: Any) -> str:
 # --- Applying a run (one transaction) ------------------------------------------------------
 
 PLEDGES = cast(Table, Pledge.__table__)
-OBJECTIVES = cast(Table, PledgeObjective.__table__)
 QUARANTINE = cast(Table, QuarantinedRecord.__table__)
 
 
@@ -302,6 +300,7 @@ _DATA = (
     "matches_source_id",
     "form",
     "objectives",
+    "objective_mask",
     "status",
     "submitted_at",
     "source_updated_at",
@@ -333,16 +332,17 @@ class _Writes:
         self.mark = self.when(mark)
         q = dialect.identifier_preparer.quote
         self.q = q
-        self.pledges, self.objectives_table = q(PLEDGES.name), q(OBJECTIVES.name)
+        self.pledges = q(PLEDGES.name)
         self.sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in _DATA)
 
     def rows(self, batch: list[PledgeRecord]) -> list[tuple[Any, ...]]:
-        feed, process, mark, when, to_json = (
+        feed, process, mark, when, to_json, mask = (
             self.target.id,
             self.target.process_id,
             self.mark,
             self.when,
             self.json,
+            objective_mask,
         )
         return [
             (
@@ -358,6 +358,7 @@ class _Writes:
                 r.matches_source_id,
                 r.form,
                 to_json(r.objectives),
+                mask(r.objectives),
                 r.status,
                 when(r.submitted_at),
                 when(r.source_updated_at),
@@ -398,22 +399,6 @@ class _Writes:
         """This run's rows of the feed: first and last parameters the feed and the mark."""
         q, at = self.q, f"{alias}." if alias else ""
         return f"{at}{q('feed_id')} = ? AND {at}{q('last_seen_at')} = ?"
-
-    async def objectives(self) -> None:
-        """The objective rows of the pledges this run wrote, from their ``objectives``."""
-        q, written = self.q, self._written()
-        await self.conn.exec_driver_sql(
-            f"DELETE FROM {self.objectives_table} WHERE {q('pledge_id')} IN "  # noqa: S608
-            f"(SELECT {q('id')} FROM {self.pledges} WHERE {written} "
-            f"AND {q('first_seen_at')} <> ?)",
-            (self.target.id, self.mark, self.mark),
-        )
-        await self.conn.exec_driver_sql(
-            f"INSERT INTO {self.objectives_table} ({q('pledge_id')}, {q('objective')}) "  # noqa: S608
-            f"SELECT p.{q('id')}, o.value FROM {self.pledges} AS p, "
-            f"json_each(p.{q('objectives')}) AS o WHERE {self._written('p')}",
-            (self.target.id, self.mark),
-        )
 
     async def withdraw(self, seen: list[str]) -> int:
         """Mark the feed's pledges whose ids the run did not see; how many.
@@ -514,22 +499,6 @@ class _PostgresWrites(_Writes):
         stamp = self._types["last_seen_at"]
         return f"{at}{q('feed_id')} = $1::integer AND {at}{q('last_seen_at')} = $2::{stamp}"
 
-    async def objectives(self) -> None:
-        q, written = self.q, self._written()
-        await self.conn.exec_driver_sql(
-            f"DELETE FROM {self.objectives_table} WHERE {q('pledge_id')} IN "  # noqa: S608
-            f"(SELECT {q('id')} FROM {self.pledges} WHERE {written} "
-            f"AND {q('first_seen_at')} <> $2)",
-            (self.target.id, self.mark),
-        )
-        await self.conn.exec_driver_sql(
-            f"INSERT INTO {self.objectives_table} ({q('pledge_id')}, {q('objective')}) "  # noqa: S608
-            f"SELECT p.{q('id')}, o.value::integer FROM {self.pledges} AS p "
-            f"CROSS JOIN LATERAL json_array_elements_text(p.{q('objectives')}) AS o(value) "
-            f"WHERE {self._written('p')}",
-            (self.target.id, self.mark),
-        )
-
     async def withdraw(self, seen: list[str]) -> int:
         q = self.q
         # A key, so that the anti-join probes it whatever the planner thinks of pledges (its
@@ -562,7 +531,7 @@ class _PostgresWrites(_Writes):
     async def refresh_statistics(self) -> None:
         """After many new rows: the planner's idea of the tables, for the next run's lookups
         and the dashboards (autovacuum would get there, a minute or so later)."""
-        await self.conn.exec_driver_sql(f"ANALYZE {self.pledges}, {self.objectives_table}")
+        await self.conn.exec_driver_sql(f"ANALYZE {self.pledges}")
 
 
 # The run's scratch tables, in the transaction's temporary schema (PostgreSQL).
@@ -635,7 +604,6 @@ async def apply_staged(
     postgres = connection.dialect.name == "postgresql"
     writes = (_PostgresWrites if postgres else _Writes)(connection, target, mark)
     await writes.upsert(await stager.batches())
-    await writes.objectives()
     counts.new, counts.updated, counts.titles = await writes.written()
     counts.unchanged = stager.good - counts.new - counts.updated
     stored = 0

@@ -31,13 +31,13 @@ from scheduler.models import (
     Notification,
     Organizer,
     Pledge,
-    PledgeObjective,
     Process,
     ProcessOrganizer,
     QuarantinedRecord,
     utc_now,
 )
 from scheduler.pledge_feed import FeedRunner
+from scheduler.pledges import objectives_in
 from scheduler.settings import Settings
 from tests.conftest import base_settings
 from tests.feed_server import FeedServer, pledge
@@ -103,18 +103,10 @@ async def snapshot(db: Database) -> dict[str, Any]:
     """Everything a run may write, to compare before and after."""
     async with db.reader() as session:
         pledges = (await session.execute(select(Pledge.__table__).order_by(Pledge.id))).all()
-        objectives = (
-            await session.execute(
-                select(PledgeObjective.__table__).order_by(
-                    PledgeObjective.pledge_id, PledgeObjective.objective
-                )
-            )
-        ).all()
         quarantined = await session.scalar(select(func.count()).select_from(QuarantinedRecord))
         validators = (await session.execute(select(Feed.id, Feed.etag, Feed.last_modified))).all()
     return {
         "pledges": [tuple(r) for r in pledges],
-        "objectives": [tuple(r) for r in objectives],
         "quarantined": quarantined,
         "validators": [tuple(r) for r in validators],
     }
@@ -164,9 +156,7 @@ async def test_a_paged_feed_is_read_whole_then_kept_in_step(
     assert [s.query.get("page", "1") for s in server.seen] == ["1", "2", "3"]
     stored = await pledges_by_id(db)
     assert stored["P-000009"].matches_source_id == "P-000008"
-    async with db.reader() as session:
-        objective_rows = await session.scalar(select(func.count()).select_from(PledgeObjective))
-    assert objective_rows == sum(len(r["objectives"]) for r in RECORDS)
+    assert await objective_masks(db) == {sid: p.objectives for sid, p in stored.items()}
 
     # A paged feed's first-page ETag says nothing about later pages: read again, write nothing.
     again = await sync(db, settings, feed_id)
@@ -181,13 +171,7 @@ async def test_a_paged_feed_is_read_whole_then_kept_in_step(
     stored = await pledges_by_id(db)
     assert stored["P-000002"].withdrawn_at == third.started_at  # kept, marked, not deleted
     assert stored["P-000003"].title == "Renamed" and stored["P-000003"].objectives == [23]
-    async with db.reader() as session:
-        objectives = await session.scalars(
-            select(PledgeObjective.objective).where(
-                PledgeObjective.pledge_id == stored["P-000003"].id
-            )
-        )
-        assert list(objectives) == [23]
+    assert (await objective_masks(db))["P-000003"] == [23]
 
     server.set_records([*changed, pledge(50), pledge(2)])
     back = await sync(db, settings, feed_id)
@@ -234,18 +218,11 @@ async def test_an_unchanged_document_costs_one_304(
     assert (third.outcome, counts(third)) == ("success", (1, 1, 11, 0, 0))
 
 
-async def objective_rows(db: Database) -> dict[str, list[int]]:
-    """The objective link rows, by the source id of their pledge."""
+async def objective_masks(db: Database) -> dict[str, list[int]]:
+    """The objectives each pledge's bit mask holds, by source id (the counts read those)."""
     async with db.reader() as session:
-        rows = await session.execute(
-            select(Pledge.source_id, PledgeObjective.objective)
-            .join(PledgeObjective, PledgeObjective.pledge_id == Pledge.id)
-            .order_by(Pledge.source_id, PledgeObjective.objective)
-        )
-    found: dict[str, list[int]] = {}
-    for source_id, objective in rows:
-        found.setdefault(source_id, []).append(objective)
-    return found
+        rows = await session.execute(select(Pledge.source_id, Pledge.objective_mask))
+    return {source_id: objectives_in(mask) for source_id, mask in rows}
 
 
 async def test_a_run_writes_only_what_changed_and_keeps_objectives_in_step(
@@ -259,7 +236,7 @@ async def test_a_run_writes_only_what_changed_and_keeps_objectives_in_step(
     assert {(p.first_seen_at, p.last_seen_at) for p in in_order} == {
         (first.started_at, first.started_at)
     }
-    assert await objective_rows(db) == {sid: p.objectives for sid, p in stored.items()}
+    assert await objective_masks(db) == {sid: p.objectives for sid, p in stored.items()}
 
     before = await snapshot(db)
     again = await sync(db, settings, feed_id)
@@ -292,8 +269,8 @@ async def test_a_run_writes_only_what_changed_and_keeps_objectives_in_step(
     assert stored["P-000020"].first_seen_at == third.started_at
     assert stored["P-000020"].id == in_order[-1].id + 1  # updating took no ids: no gaps
     assert stored["P-000004"].first_seen_at == first.started_at
-    assert await objective_rows(db) == {sid: p.objectives for sid, p in stored.items()}
-    assert (await objective_rows(db))["P-000004"] == [23]
+    assert await objective_masks(db) == {sid: p.objectives for sid, p in stored.items()}
+    assert (await objective_masks(db))["P-000004"] == [23]
 
 
 async def test_a_failure_while_writing_leaves_nothing_behind(
@@ -303,8 +280,8 @@ async def test_a_failure_while_writing_leaves_nothing_behind(
     assert (await sync(db, settings, feed_id)).outcome == "success"
     before = await snapshot(db)
     server.set_records([pledge(i, title=f"Changed {i}") for i in range(3, 15)])
-    # The database itself refuses objective 23 (pledge 13 has it): the pledges are written
-    # by then, and must go with the rest.
+    # The database itself refuses objective 23 (pledge 13 has it): the pledges before it
+    # are written by then, and must go with the rest.
     async with db.writer.begin() as session:
         for statement in REFUSE_23[db.writer_engine.dialect.name]:
             await session.execute(text(statement))
@@ -317,23 +294,25 @@ async def test_a_failure_while_writing_leaves_nothing_behind(
     ok = await sync(db, settings, feed_id)
     assert (ok.outcome, counts(ok)) == ("success", (3, 9, 0, 3, 0))
     stored = await pledges_by_id(db)
-    assert await objective_rows(db) == {sid: p.objectives for sid, p in stored.items()}
+    assert await objective_masks(db) == {sid: p.objectives for sid, p in stored.items()}
 
 
 REFUSE_23 = {
     "sqlite": [
-        "CREATE TRIGGER refuse_23 BEFORE INSERT ON pledge_objectives WHEN NEW.objective = 23 "
+        "CREATE TRIGGER refuse_23 BEFORE INSERT ON pledges "
+        "WHEN NEW.objective_mask & (1 << 23) <> 0 "
         "BEGIN SELECT RAISE(ABORT, 'objective 23 refused'); END"
     ],
     "postgresql": [
         "CREATE FUNCTION refuse_23() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF NEW.objective = 23 THEN RAISE EXCEPTION 'objective 23 refused'; END IF; "
+        "IF NEW.objective_mask & (1 << 23) <> 0 THEN "
+        "RAISE EXCEPTION 'objective 23 refused'; END IF; "
         "RETURN NEW; END $$",
-        "CREATE TRIGGER refuse_23 BEFORE INSERT ON pledge_objectives "
+        "CREATE TRIGGER refuse_23 BEFORE INSERT ON pledges "
         "FOR EACH ROW EXECUTE FUNCTION refuse_23()",
     ],
 }
-DROP_ON = {True: "", False: " ON pledge_objectives"}
+DROP_ON = {True: "", False: " ON pledges"}
 
 
 async def test_a_page_read_whole_or_as_it_streams_gives_the_same_pledges(

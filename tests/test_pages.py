@@ -16,7 +16,8 @@ from sqlalchemy import insert, select, update
 from scheduler import i18n
 from scheduler.database import open_database
 from scheduler.manage_links import load_secret, sign
-from scheduler.models import Event, Feed, Pledge, PledgeObjective, Registration
+from scheduler.models import Event, Feed, Pledge, Registration
+from scheduler.pledges import objective_mask
 from scheduler.settings import Settings
 from tests.conftest import Api
 
@@ -87,7 +88,7 @@ async def seed_pledges(settings: Settings, process_id: int, count: int = 60) -> 
             )
             session.add(feed)
             await session.flush()
-            rows, objectives = [], []
+            rows = []
             for n in range(count):
                 row = {
                     "feed_id": feed.id,
@@ -100,20 +101,14 @@ async def seed_pledges(settings: Settings, process_id: int, count: int = 60) -> 
                     "region": REGIONS[n % len(REGIONS)] if n % 11 else "",
                     "pledge_type": "single",
                     "form": rng.choice(("financial", "human_resource", "process", "policy")),
-                    "objectives": sorted(rng.sample(range(1, 24), 2)),
+                    "objectives": (chosen := sorted(rng.sample(range(1, 24), 2))),
+                    "objective_mask": objective_mask(chosen),
                     "status": "active",
                     "submitted_at": now - timedelta(days=rng.randrange(0, 360)),
                     "content_hash": f"{n:064x}",
                 }
                 rows.append(row)
-            ids = (
-                await session.execute(
-                    insert(Pledge).returning(Pledge.id, sort_by_parameter_order=True), rows
-                )
-            ).scalars()
-            for pledge_id, row in zip(ids, rows, strict=True):
-                objectives += [{"pledge_id": pledge_id, "objective": o} for o in row["objectives"]]
-            await session.execute(insert(PledgeObjective), objectives)
+            await session.execute(insert(Pledge), rows)
     finally:
         await db.dispose()
 

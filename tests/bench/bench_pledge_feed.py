@@ -334,7 +334,7 @@ async def ingests(
             # What autovacuum leaves a minute later: index-only scans need the visibility map.
             async with db.writer_engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.exec_driver_sql("VACUUM (ANALYZE) pledges, pledge_objectives")
+                await conn.exec_driver_sql("VACUUM (ANALYZE) pledges")
             note = " (after VACUUM ANALYZE, as autovacuum leaves them)"
         print(f"\ndashboards on {records:,} pledges of one process{note}:")
         await dashboards_on(db, process_id)
