@@ -16,7 +16,7 @@ import struct
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -309,6 +309,7 @@ _DATA = (
 )
 _RECORD = ("source_id", *_DATA)
 _MANY_CHANGES = 5000
+_OBJECTIVE_LISTS_KEPT = 10_000
 
 
 class _Writes:
@@ -328,21 +329,32 @@ class _Writes:
         self.when = _fast_or_exact(
             _processor(PLEDGES.c.submitted_at, dialect), _FAST_WHEN[dialect.name]
         )
-        self.json = _fast_or_exact(_processor(PLEDGES.c.objectives, dialect), _json_list)
+        self.json = _processor(PLEDGES.c.objectives, dialect)
+        # Feeds repeat a few hundred objective lists: each is encoded once per run.
+        self._objective_columns: dict[tuple[int, ...], tuple[Any, int]] = {}
         self.mark = self.when(mark)
         q = dialect.identifier_preparer.quote
         self.q = q
         self.pledges = q(PLEDGES.name)
         self.sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in _DATA)
 
+    def objective_columns(self, objectives: list[int]) -> tuple[Any, int]:
+        """The ``objectives`` and ``objective_mask`` values of one record."""
+        key = tuple(objectives)
+        found = self._objective_columns.get(key)
+        if found is None:
+            found = (self.json(objectives), objective_mask(objectives))
+            if len(self._objective_columns) < _OBJECTIVE_LISTS_KEPT:
+                self._objective_columns[key] = found
+        return found
+
     def rows(self, batch: list[PledgeRecord]) -> list[tuple[Any, ...]]:
-        feed, process, mark, when, to_json, mask = (
+        feed, process, mark, when, objectives = (
             self.target.id,
             self.target.process_id,
             self.mark,
             self.when,
-            self.json,
-            objective_mask,
+            self.objective_columns,
         )
         return [
             (
@@ -357,8 +369,7 @@ class _Writes:
                 r.pledge_type,
                 r.matches_source_id,
                 r.form,
-                to_json(r.objectives),
-                mask(r.objectives),
+                *objectives(r.objectives),
                 r.status,
                 when(r.submitted_at),
                 when(r.source_updated_at),
@@ -456,7 +467,11 @@ class _PostgresWrites(_Writes):
         assert driver is not None
         await driver.copy_records_to_table(table, records=records, columns=list(columns))
         # Temporary tables get no statistics but these: without them the joins below are
-        # planned for a few rows, and a nested loop over 100,000 takes minutes.
+        # planned for a few rows, and a nested loop over 100,000 takes minutes. The row count
+        # is what matters (the ids are unique): a small sample gives it, at a tenth of the
+        # time of the default one (0.02 s instead of 0.2 s for 100,000 records).
+        alter = ", ".join(f"ALTER COLUMN {q(name)} SET STATISTICS 1" for name in columns)
+        await self.conn.exec_driver_sql(f"ALTER TABLE {table} {alter}")
         await self.conn.exec_driver_sql(f"ANALYZE {table}")
 
     async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
@@ -553,18 +568,16 @@ def _processor(column: Any, dialect: Any) -> Callable[[Any], Any]:
 def _sqlite_when(value: datetime | None) -> Any:
     if value is None:
         return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
 
 
 def _pg_when(value: datetime | None) -> Any:
-    return None if value is None else value.astimezone(UTC)
+    return value if value is None or value.tzinfo is UTC else value.astimezone(UTC)
 
 
 _FAST_WHEN: dict[str, Callable[[Any], Any]] = {"sqlite": _sqlite_when, "postgresql": _pg_when}
-
-
-def _json_list(value: list[int]) -> str:
-    return "[" + ", ".join(map(str, value)) + "]"
 
 
 def _fast_or_exact(exact: Callable[[Any], Any], fast: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -572,10 +585,10 @@ def _fast_or_exact(exact: Callable[[Any], Any], fast: Callable[[Any], Any]) -> C
     samples: list[Any] = [
         None,
         datetime(2026, 5, 12, 14, 0, tzinfo=UTC),
+        datetime(1900, 1, 1, tzinfo=UTC),
         datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 5, 12, 16, 0, tzinfo=timezone(timedelta(hours=2))),
     ]
-    if fast is _json_list:
-        samples = [[], [1], [3, 17, 23]]
     try:
         same = all(fast(v) == exact(v) and type(fast(v)) is type(exact(v)) for v in samples)
     except (TypeError, ValueError, AttributeError):

@@ -406,7 +406,8 @@ def _instant(value: Any, key: str, now: datetime) -> datetime | None:
             pass
         else:
             if parsed.tzinfo is not None:
-                parsed = parsed.astimezone(UTC)
+                if parsed.tzinfo is not UTC:  # "Z" and "+00:00" come as UTC itself
+                    parsed = parsed.astimezone(UTC)
                 if EARLIEST <= parsed <= now + FUTURE_SLACK:
                     return parsed
     if value is None or value == "":
