@@ -13,12 +13,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import events as svc
-from scheduler.calendar_cache import (
-    AnswerCache,
-    calendar_version,
-    etag,
-    latest_calendar_version,
-)
+from scheduler.answer_cache import CALENDAR, AnswerCache, cached_response
 from scheduler.cascades import Move
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
@@ -209,18 +204,13 @@ class EventController(Controller):
                 page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
             return Response(msgspec.json.encode(page), media_type=MediaType.JSON)
         # The public answer changes only when the calendar does.
-        version = await latest_calendar_version(db)
-        answer = answer_cache.get(version, flt)
-        tag = etag(version, flt) if answer is None else answer.etag
-        if request.headers.get("if-none-match") == tag:
-            return Response(b"", status_code=304, headers={"ETag": tag})
-        if answer is None:
-            async with db.reader() as session:
-                version = await calendar_version(session)  # the rows' own version
-                rows = await session.scalars(svc.list_query(flt, set()))
-                page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
-            answer = answer_cache.put(version, flt, msgspec.json.encode(page))
-        return Response(answer.body, media_type=MediaType.JSON, headers={"ETag": answer.etag})
+
+        async def build(session: AsyncSession) -> bytes:
+            rows = await session.scalars(svc.list_query(flt, set()))
+            page = EventPage(items=[event_out(e) for e in rows], limit=limit, offset=offset)
+            return msgspec.json.encode(page)
+
+        return await cached_response(request, db, answer_cache, CALENDAR, flt, build)
 
     @get("/{event_id:int}", summary="Read one event", responses=documented(401, 404))
     async def get_event(

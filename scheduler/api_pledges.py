@@ -10,15 +10,18 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import pledges as svc
+from scheduler.answer_cache import PLEDGES, AnswerCache, cached_response
 from scheduler.database import Database
 from scheduler.errors import NotFound, documented
 from scheduler.models import Pledge
@@ -166,28 +169,40 @@ class PledgeController(Controller):
         summary="Pledge counts for dashboards",
         description="For the pledges the filters keep: counts by region, country, pledger "
         "type, form, status and GCM objective (a pledge counts once for each of its "
-        "objectives), and by month or year of submission (UTC).",
-        responses=documented(400),
+        "objectives), and by month or year of submission (UTC). The answer carries an ETag "
+        "and stays the same until a feed sync changes pledges: send it back in "
+        "If-None-Match for a 304.",
+        responses={
+            200: ResponseSpec(data_container=StatsOut, description="The counts"),
+            **documented(400),
+        },
     )
     async def stats(
         self,
+        request: Request[Any, Any, Any],
         db: NamedDependency[Database],
+        answer_cache: NamedDependency[AnswerCache],
         flt: NamedDependency[svc.PledgeFilter],
         interval: Annotated[Literal["month", "year"], QueryParameter()] = "month",
-    ) -> StatsOut:
-        async with db.reader() as session:
+    ) -> Response[bytes]:
+        async def build(session: AsyncSession) -> bytes:
             s = await svc.stats(session, flt, interval)
-        return StatsOut(
-            total=s.total,
-            by_region=s.by_region,
-            by_country=s.by_country,
-            by_pledger_type=s.by_pledger_type,
-            by_form=s.by_form,
-            by_status=s.by_status,
-            by_objective=s.by_objective,
-            interval=interval,
-            over_time=s.over_time,
-        )
+            return msgspec.json.encode(
+                StatsOut(
+                    total=s.total,
+                    by_region=s.by_region,
+                    by_country=s.by_country,
+                    by_pledger_type=s.by_pledger_type,
+                    by_form=s.by_form,
+                    by_status=s.by_status,
+                    by_objective=s.by_objective,
+                    interval=interval,
+                    over_time=s.over_time,
+                )
+            )
+
+        key = ("pledge-stats", flt, interval)
+        return await cached_response(request, db, answer_cache, PLEDGES, key, build)
 
     @get(
         "/export.csv",

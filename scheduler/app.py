@@ -21,6 +21,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from scheduler import __version__, audit, job_locks, logs, metrics, retention
+from scheduler.answer_cache import AnswerCache
 from scheduler.api_audit import AuditController
 from scheduler.api_calendars import CalendarController
 from scheduler.api_events import EventController
@@ -39,7 +40,6 @@ from scheduler.api_subscriptions import SubscriptionController, SubscriptionPage
 from scheduler.api_tokens import TokenController
 from scheduler.api_webhooks import WebhookController
 from scheduler.auth import provide_caller
-from scheduler.calendar_cache import AnswerCache
 from scheduler.clock import Clock
 from scheduler.cycle_templates import Template, load_templates
 from scheduler.database import Database, open_database

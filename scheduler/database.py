@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from scheduler import audit, pg_probe, sqlite_probe
-from scheduler.calendar_cache import bump_on_calendar_change
+from scheduler.answer_cache import bump_on_change
 from scheduler.settings import PROJECT_ROOT, Settings
 
 
@@ -36,7 +36,7 @@ class Database:
     reader_engine: AsyncEngine
     writer: async_sessionmaker[AsyncSession]
     reader: async_sessionmaker[AsyncSession]
-    # SQLite: single-row reads on the loop's thread, without a session (calendar_cache).
+    # SQLite: single-row reads on the loop's thread, without a session (answer_cache).
     probe: sqlite_probe.Probe | None = None
     # PostgreSQL: the same, through one connection of its own.
     pg_probe: pg_probe.PgProbe | None = None
@@ -107,7 +107,7 @@ class TrackedSession(Session):
     carry their audit entries (``audit``)."""
 
 
-event.listen(TrackedSession, "before_flush", bump_on_calendar_change)
+event.listen(TrackedSession, "before_flush", bump_on_change)
 event.listen(TrackedSession, "after_flush", audit.collect)
 event.listen(TrackedSession, "before_commit", audit.write)
 event.listen(TrackedSession, "after_soft_rollback", audit.forget)

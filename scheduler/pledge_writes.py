@@ -24,6 +24,7 @@ import msgspec
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from scheduler import answer_cache
 from scheduler.feeds import FeedTarget
 from scheduler.models import (
     FeedRun,
@@ -648,6 +649,8 @@ async def apply_staged(
         counts.withdrawn = await writes.withdraw(stager.seen())
     if counts.new + counts.updated >= _MANY_CHANGES:
         await writes.refresh_statistics()
+    if counts.changed:
+        await answer_cache.bump(session, answer_cache.PLEDGES)  # cached stats are stale
     return counts
 
 

@@ -1,7 +1,7 @@
 """Single-row SQLite reads without a session, for the change counter behind cached answers.
 
 Every public ``GET /api/events`` checks the calendar's change counter before it answers from
-the cache (calendar_cache). Through a pooled aiosqlite session that check costs several
+the cache (answer_cache). Through a pooled aiosqlite session that check costs several
 thread round trips (BEGIN, execute, fetch, close, rollback), each a thread wake-up and a GIL
 hand-over, and under load those hand-overs, not SQLite, set the latency. A read of one
 indexed row on a read-only WAL connection takes microseconds and never waits for a writer,

@@ -413,6 +413,39 @@ async def test_stats_count_every_dimension(api: Api, server: FeedServer) -> None
     assert gone["total"] == 5
 
 
+async def test_stats_are_cached_until_pledges_change(api: Api, server: FeedServer) -> None:
+    """The counts keep their ETag (and 304) through syncs that change nothing; a sync that
+    changes pledges, or deleting the feed, gives new counts at once."""
+    pid, fid, _ = await loaded(api, server)
+    params = {"process_id": pid}
+
+    async def stats(tag: str | None = None) -> Any:
+        headers = {"If-None-Match": tag} if tag else {}
+        return await api.client.get("/api/pledges/stats", params=params, headers=headers)
+
+    first = await stats()
+    tag = first.headers["etag"]
+    assert first.json()["total"] == 55
+    assert (await stats(tag)).status_code == 304
+    assert (await synced(api, fid))["unchanged"] == 55  # nothing written: still current
+    again = await stats(tag)
+    assert again.status_code == 304 and again.headers["etag"] == tag
+    # Another filter is another answer, with its own tag.
+    other = await api.client.get("/api/pledges/stats", params={**params, "form": "policy"})
+    assert other.headers["etag"] != tag and other.json()["total"] < 55
+
+    server.set_records([*records()[5:], pledge(70), pledge(71)])
+    assert (await synced(api, fid))["new"] == 2
+    grown = await stats(tag)
+    assert grown.status_code == 200 and grown.json()["total"] == 57
+    assert grown.headers["etag"] != tag
+
+    r = await api.client.delete(f"/api/feeds/{fid}", headers=api.auth)
+    assert r.status_code == 204, r.text
+    emptied = await stats(grown.headers["etag"])
+    assert emptied.status_code == 200 and emptied.json()["total"] == 0
+
+
 async def test_csv_export_streams_every_pledge_safely(api: Api, server: FeedServer) -> None:
     _, _, canonical = await loaded(api, server)
     r = await api.client.get("/api/pledges/export.csv")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from scheduler.calendar_cache import CALENDAR, latest_calendar_version
+from scheduler.answer_cache import CALENDAR, latest_version
 from scheduler.database import open_database
 from tests.conftest import PG_DSN, base_settings
 
@@ -21,25 +21,25 @@ async def test_the_counter_is_read_as_committed_and_after_a_lost_connection(
     other = await asyncpg.connect(f"{PG_DSN.rsplit('/', 1)[0]}/{database}")
     try:
         assert db.pg_probe is not None
-        before = await latest_calendar_version(db)
+        before = await latest_version(db, CALENDAR)
         await other.execute(
             "INSERT INTO change_counters (name, version) VALUES ($1, $2)"
             " ON CONFLICT (name) DO UPDATE SET version = $2",
             CALENDAR,
             before + 7,
         )
-        assert await latest_calendar_version(db) == before + 7  # another connection's commit
+        assert await latest_version(db, CALENDAR) == before + 7  # another connection's commit
         # The server drops the probe's connection: the next read opens a new one.
         await other.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = $1 AND pid <> pg_backend_pid()",
             database,
         )
-        assert await latest_calendar_version(db) == before + 7  # at once, or on a new one
+        assert await latest_version(db, CALENDAR) == before + 7  # at once, or on a new one
         await asyncio.sleep(0.05)
-        assert await latest_calendar_version(db) == before + 7
+        assert await latest_version(db, CALENDAR) == before + 7
         # Requests take turns on the one connection.
-        versions = await asyncio.gather(*(latest_calendar_version(db) for _ in range(50)))
+        versions = await asyncio.gather(*(latest_version(db, CALENDAR) for _ in range(50)))
         assert versions == [before + 7] * 50
     finally:
         await other.close()
