@@ -309,6 +309,7 @@ _DATA = (
     "content_hash",
 )
 _RECORD = ("source_id", *_DATA)
+_ROW = ["feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at"]  # as ``rows`` gives
 _MANY_CHANGES = 5000
 _OBJECTIVE_LISTS_KEPT = 10_000
 
@@ -385,10 +386,9 @@ class _Writes:
     async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
         """New pledges inserted; changed or withdrawn ones rewritten; the rest untouched."""
         q = self.q
-        columns = ("feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at")
         sql = (
-            f"INSERT INTO {self.pledges} ({', '.join(map(q, columns))}) "  # noqa: S608
-            f"VALUES ({', '.join('?' * len(columns))}) "
+            f"INSERT INTO {self.pledges} ({', '.join(map(q, _ROW))}) "  # noqa: S608
+            f"VALUES ({', '.join('?' * len(_ROW))}) "
             f"ON CONFLICT ({q('feed_id')}, {q('source_id')}) DO UPDATE SET {self.sets}, "
             f"{q('withdrawn_at')} = NULL, {q('last_seen_at')} = excluded.{q('last_seen_at')} "
             f"WHERE {self.pledges}.{q('content_hash')} IS NOT excluded.{q('content_hash')} "
@@ -463,9 +463,7 @@ class _PostgresWrites(_Writes):
         q = self.q
         defined = ", ".join(f"{q(name)} {kind}" for name, kind in columns.items())
         await self.conn.exec_driver_sql(f"CREATE TEMP TABLE {table} ({defined}) ON COMMIT DROP")
-        raw = await self.conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None
+        driver = await self._driver()
         await driver.copy_records_to_table(table, records=records, columns=list(columns))
         # Temporary tables get no statistics but these: without them the joins below are
         # planned for a few rows, and a nested loop over 100,000 takes minutes. The row count
@@ -475,8 +473,20 @@ class _PostgresWrites(_Writes):
         await self.conn.exec_driver_sql(f"ALTER TABLE {table} {alter}")
         await self.conn.exec_driver_sql(f"ANALYZE {table}")
 
+    async def _driver(self) -> Any:
+        raw = await self.conn.get_raw_connection()
+        assert raw.driver_connection is not None
+        return raw.driver_connection
+
     async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
         q, types = self.q, self._types
+        if not await self._any_pledge():
+            # The feed's first sync: nothing to update, no id to collide with (the stager
+            # keeps one record per id), so the rows go straight in, in feed order.
+            driver = await self._driver()
+            rows = (row for batch in batches for row in self.rows(batch))
+            await driver.copy_records_to_table(PLEDGES.name, records=rows, columns=_ROW)
+            return
 
         def records() -> Iterator[tuple[Any, ...]]:
             position = 0
@@ -500,15 +510,21 @@ class _PostgresWrites(_Writes):
         # Room to sort the new records back into feed order (for the ids) in memory.
         await self.conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         names = ", ".join(f"r.{q(c)}" for c in _RECORD)
-        inserted = ("feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at")
         await self.conn.exec_driver_sql(
-            f"INSERT INTO {self.pledges} ({', '.join(map(q, inserted))}) "  # noqa: S608
+            f"INSERT INTO {self.pledges} ({', '.join(map(q, _ROW))}) "  # noqa: S608
             f"SELECT $1::integer, $2::integer, {names}, $3::{stamp}, $3::{stamp} "
             f"FROM {_RECORDS} AS r WHERE NOT EXISTS (SELECT 1 FROM {self.pledges} AS p "
             f"WHERE p.{q('feed_id')} = $1 AND p.{q('source_id')} = r.{q('source_id')}) "
             f"ORDER BY r.{q('position')}",
             (self.target.id, self.target.process_id, self.mark),
         )
+
+    async def _any_pledge(self) -> bool:
+        """Whether the feed has any pledge, withdrawn ones too."""
+        found = await self.conn.scalar(
+            select(PLEDGES.c.id).where(PLEDGES.c.feed_id == self.target.id).limit(1)
+        )
+        return found is not None
 
     def _written(self, alias: str = "") -> str:
         q, at = self.q, f"{alias}." if alias else ""

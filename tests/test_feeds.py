@@ -297,6 +297,28 @@ async def test_a_failure_while_writing_leaves_nothing_behind(
     assert await objective_masks(db) == {sid: p.objectives for sid, p in stored.items()}
 
 
+async def test_a_failure_while_writing_a_first_sync_leaves_nothing_behind(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    """A feed's first sync is written the quickest way (on PostgreSQL, COPY straight into
+    the table): a failure there too takes every row with it."""
+    records = [*RECORDS, pledge(13)]  # 13 has objective 23, which the database refuses
+    server.set_records(records)
+    feed_id = await make_feed(db, server.url("/pledges.json"))
+    before = await snapshot(db)
+    async with db.writer.begin() as session:
+        for statement in REFUSE_23[db.writer_engine.dialect.name]:
+            await session.execute(text(statement))
+    failed = await sync(db, settings, feed_id)
+    assert failed.outcome == "failed" and "objective 23 refused" in failed.error, failed.error
+    assert await snapshot(db) == before
+    async with db.writer.begin() as session:
+        await session.execute(text("DROP TRIGGER refuse_23" + DROP_ON[db.is_sqlite]))
+    ok = await sync(db, settings, feed_id)
+    assert (ok.outcome, counts(ok)) == ("success", (13, 0, 0, 0, 0))
+    assert await objective_masks(db) == {r["id"]: r["objectives"] for r in records}
+
+
 REFUSE_23 = {
     "sqlite": [
         "CREATE TRIGGER refuse_23 BEFORE INSERT ON pledges "
@@ -304,7 +326,7 @@ REFUSE_23 = {
         "BEGIN SELECT RAISE(ABORT, 'objective 23 refused'); END"
     ],
     "postgresql": [
-        "CREATE FUNCTION refuse_23() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION refuse_23() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "IF NEW.objective_mask & (1 << 23) <> 0 THEN "
         "RAISE EXCEPTION 'objective 23 refused'; END IF; "
         "RETURN NEW; END $$",
