@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -470,6 +471,8 @@ class Feed(Base):
     """An external pledge source, synced over HTTP on a schedule."""
 
     __tablename__ = "feeds"
+    # What a pledge's one foreign key points at: its feed, and the feed's process.
+    __table_args__ = (Index("uq_feeds_id_process", "id", "process_id", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
@@ -525,11 +528,16 @@ class Pledge(Base):
         # NULL). One index, not one per counted column: each index is paid for by every
         # pledge a sync writes (migration 0010 says how much).
         Index("ix_pledges_process_active", "process_id", "withdrawn_at"),
+        # One key for both: the process is the feed's (never another), and each pledge a
+        # sync writes costs one check instead of two (migration 0011).
+        ForeignKeyConstraint(
+            ["feed_id", "process_id"], ["feeds.id", "feeds.process_id"], ondelete="CASCADE"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"))
-    process_id: Mapped[int] = mapped_column(ForeignKey("processes.id", ondelete="CASCADE"))
+    feed_id: Mapped[int] = mapped_column(Integer)
+    process_id: Mapped[int] = mapped_column(Integer)
     source_id: Mapped[str] = mapped_column(String(200))
     title: Mapped[str] = mapped_column(String(500))
     pledger_name: Mapped[str] = mapped_column(String(300))
