@@ -383,8 +383,17 @@ class _Writes:
             for r in batch
         ]
 
-    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
-        """New pledges inserted; changed or withdrawn ones rewritten; the rest untouched."""
+    async def any_pledge(self) -> bool:
+        """Whether the feed has any pledge, withdrawn ones too."""
+        found = await self.conn.scalar(
+            select(PLEDGES.c.id).where(PLEDGES.c.feed_id == self.target.id).limit(1)
+        )
+        return found is not None
+
+    async def upsert(self, batches: Iterable[list[PledgeRecord]], first: bool) -> None:
+        """New pledges inserted; changed or withdrawn ones rewritten; the rest untouched.
+
+        ``first``: the feed has no pledge yet (its first sync)."""
         q = self.q
         sql = (
             f"INSERT INTO {self.pledges} ({', '.join(map(q, _ROW))}) "  # noqa: S608
@@ -478,9 +487,9 @@ class _PostgresWrites(_Writes):
         assert raw.driver_connection is not None
         return raw.driver_connection
 
-    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
+    async def upsert(self, batches: Iterable[list[PledgeRecord]], first: bool) -> None:
         q, types = self.q, self._types
-        if not await self._any_pledge():
+        if first:
             # The feed's first sync: nothing to update, no id to collide with (the stager
             # keeps one record per id), so the rows go straight in, in feed order.
             driver = await self._driver()
@@ -519,13 +528,6 @@ class _PostgresWrites(_Writes):
             (self.target.id, self.target.process_id, self.mark),
         )
 
-    async def _any_pledge(self) -> bool:
-        """Whether the feed has any pledge, withdrawn ones too."""
-        found = await self.conn.scalar(
-            select(PLEDGES.c.id).where(PLEDGES.c.feed_id == self.target.id).limit(1)
-        )
-        return found is not None
-
     def _written(self, alias: str = "") -> str:
         q, at = self.q, f"{alias}." if alias else ""
         stamp = self._types["last_seen_at"]
@@ -561,9 +563,11 @@ class _PostgresWrites(_Writes):
         return _kinds(result.all(), titles.scalars().all())
 
     async def refresh_statistics(self) -> None:
-        """After many new rows: the planner's idea of the tables, for the next run's lookups
-        and the dashboards (autovacuum would get there, a minute or so later)."""
-        await self.conn.exec_driver_sql(f"ANALYZE {self.pledges}")
+        """After many new rows: the planner's idea of the table, for the next run's lookups
+        and the dashboards. Only the row count and the columns that find rows: 0.03 s
+        instead of 0.19 s for all of them (autovacuum analyzes the rest a minute later)."""
+        columns = ", ".join(map(self.q, ("feed_id", "process_id", "withdrawn_at", "source_id")))
+        await self.conn.exec_driver_sql(f"ANALYZE {self.pledges} ({columns})")
 
 
 # The run's scratch tables, in the transaction's temporary schema (PostgreSQL).
@@ -633,7 +637,8 @@ async def apply_staged(
     connection = await session.connection()
     postgres = connection.dialect.name == "postgresql"
     writes = (_PostgresWrites if postgres else _Writes)(connection, target, mark)
-    await writes.upsert(await stager.batches())
+    first = not await writes.any_pledge()
+    await writes.upsert(await stager.batches(), first)
     counts.new, counts.updated, counts.titles = await writes.written()
     counts.unchanged = stager.good - counts.new - counts.updated
     stored = 0
@@ -661,7 +666,7 @@ async def apply_staged(
             f"{stager.bad_without_id:,} records had no readable id, so nothing was marked "
             "withdrawn in this run"
         )
-    else:
+    elif not first:  # a first sync wrote every pledge the feed has: none is gone
         counts.withdrawn = await writes.withdraw(stager.seen())
     if counts.new + counts.updated >= _MANY_CHANGES:
         await writes.refresh_statistics()
