@@ -136,6 +136,19 @@ class AnswerCache:
         return answer
 
 
+async def cached_answer(
+    db: Database,
+    cache: AnswerCache,
+    counter: str,
+    key: Hashable,
+    build: Callable[[AsyncSession], Awaitable[bytes]],
+) -> Answer:
+    """The answer for ``key``: from the cache while the counter has not moved, else built."""
+    latest = await latest_version(db, counter)
+    answer = cache.get(latest, key)
+    return answer if answer is not None else await _build(db, cache, counter, key, build)
+
+
 async def cached_response(
     request: Request[Any, Any, Any],
     db: Database,
@@ -144,16 +157,27 @@ async def cached_response(
     key: Hashable,
     build: Callable[[AsyncSession], Awaitable[bytes]],
 ) -> Response[bytes]:
-    """The JSON answer for ``key``: 304 when the client holds it, from the cache while the
-    counter has not moved, else built (with the counter read in the same transaction)."""
+    """``cached_answer`` as a JSON response with its ETag, or 304 when the client holds it
+    (known without building it)."""
     latest = await latest_version(db, counter)
     answer = cache.get(latest, key)
     tag = etag(latest, key) if answer is None else answer.etag
     if request.headers.get("if-none-match") == tag:
         return Response(b"", status_code=304, headers={"ETag": tag})
     if answer is None:
-        async with db.reader() as session:
-            rows_version = await version(session, counter)  # the rows' own version
-            body = await build(session)
-        answer = cache.put(rows_version, key, body)
+        answer = await _build(db, cache, counter, key, build)
     return Response(answer.body, media_type=MediaType.JSON, headers={"ETag": answer.etag})
+
+
+async def _build(
+    db: Database,
+    cache: AnswerCache,
+    counter: str,
+    key: Hashable,
+    build: Callable[[AsyncSession], Awaitable[bytes]],
+) -> Answer:
+    """Built and filed under the counter its rows were read with (same transaction)."""
+    async with db.reader() as session:
+        rows_version = await version(session, counter)
+        body = await build(session)
+    return cache.put(rows_version, key, body)

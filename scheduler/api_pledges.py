@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -21,7 +21,7 @@ from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler import pledges as svc
-from scheduler.answer_cache import PLEDGES, AnswerCache, cached_response
+from scheduler.answer_cache import PLEDGES, AnswerCache, cached_answer, cached_response
 from scheduler.database import Database
 from scheduler.errors import NotFound, documented
 from scheduler.models import Pledge
@@ -61,16 +61,24 @@ class PledgePage(msgspec.Struct):
     offset: int
 
 
-class StatsOut(msgspec.Struct):
-    total: int
-    by_region: dict[str, int]
-    by_country: dict[str, int]
-    by_pledger_type: dict[str, int]
-    by_form: dict[str, int]
-    by_status: dict[str, int]
-    by_objective: dict[int, int]
-    interval: str
-    over_time: dict[str, int]
+def _stats_answer(
+    flt: svc.PledgeFilter, interval: str
+) -> tuple[Hashable, Callable[[AsyncSession], Awaitable[bytes]]]:
+    """The cache key of the counts for ``flt``, and how to build them."""
+
+    async def build(session: AsyncSession) -> bytes:
+        return msgspec.json.encode(await svc.stats(session, flt, interval))
+
+    return ("pledge-stats", flt, interval), build
+
+
+async def cached_stats(
+    db: Database, cache: AnswerCache, flt: svc.PledgeFilter, interval: str = "month"
+) -> svc.Stats:
+    """The counts the API answers with, from the same cache (for the dashboard page)."""
+    key, build = _stats_answer(flt, interval)
+    answer = await cached_answer(db, cache, PLEDGES, key, build)
+    return msgspec.json.decode(answer.body, type=svc.Stats)
 
 
 def pledge_out(p: Pledge) -> PledgeOut:
@@ -173,7 +181,7 @@ class PledgeController(Controller):
         "and stays the same until a feed sync changes pledges: send it back in "
         "If-None-Match for a 304.",
         responses={
-            200: ResponseSpec(data_container=StatsOut, description="The counts"),
+            200: ResponseSpec(data_container=svc.Stats, description="The counts"),
             **documented(400),
         },
     )
@@ -185,23 +193,7 @@ class PledgeController(Controller):
         flt: NamedDependency[svc.PledgeFilter],
         interval: Annotated[Literal["month", "year"], QueryParameter()] = "month",
     ) -> Response[bytes]:
-        async def build(session: AsyncSession) -> bytes:
-            s = await svc.stats(session, flt, interval)
-            return msgspec.json.encode(
-                StatsOut(
-                    total=s.total,
-                    by_region=s.by_region,
-                    by_country=s.by_country,
-                    by_pledger_type=s.by_pledger_type,
-                    by_form=s.by_form,
-                    by_status=s.by_status,
-                    by_objective=s.by_objective,
-                    interval=interval,
-                    over_time=s.over_time,
-                )
-            )
-
-        key = ("pledge-stats", flt, interval)
+        key, build = _stats_answer(flt, interval)
         return await cached_response(request, db, answer_cache, PLEDGES, key, build)
 
     @get(

@@ -1,8 +1,8 @@
 """The public pledge dashboard of a process: counts by region, GCM objective, form of support,
 pledger and month, drawn as SVG on the server, each chart with its numbers as a table.
 
-It reads the same figures as the JSON API (``pledges.stats``, behind ``/api/pledges/stats``)
-and links to that API for anyone who wants the data itself.
+It reads the same figures as the JSON API (``/api/pledges/stats``), from the same cache, and
+links to that API for anyone who wants the data itself.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from sqlalchemy import select
 
 from scheduler import charts, i18n
 from scheduler import pledges as svc
+from scheduler.answer_cache import AnswerCache
+from scheduler.api_pledges import cached_stats
 from scheduler.database import Database
 from scheduler.errors import NotFound
-from scheduler.models import Pledge, Process
+from scheduler.models import Process
 from scheduler.pages import problem
 from scheduler.pages_common import AnyRequest, page, visitor
 
@@ -45,6 +47,7 @@ class PledgePages(Controller):
         self,
         request: AnyRequest,
         db: NamedDependency[Database],
+        answer_cache: NamedDependency[AnswerCache],
         slug: FromPath[str],
         region: FromQuery[str | None] = None,
         form: FromQuery[str | None] = None,
@@ -60,26 +63,21 @@ class PledgePages(Controller):
             chosen_objective = None
         async with db.reader() as session:
             process = await session.scalar(select(Process).where(Process.slug == slug))
-            if process is None:
-                return problem(request, NotFound())
-            regions = sorted(
-                r
-                for r in await session.scalars(
-                    select(Pledge.region)
-                    .distinct()
-                    .where(Pledge.process_id == process.id, Pledge.withdrawn_at.is_(None))
-                )
-                if r
-            )
-            chosen_region = region if region in regions else None
-            flt = svc.PledgeFilter(
-                process_id=process.id,
-                region=chosen_region,
-                form=chosen_form,
-                objective=chosen_objective,
-                pledger_type=chosen_type,
-            )
-            stats = await svc.stats(session, flt)
+        if process is None:
+            return problem(request, NotFound())
+        everything = svc.PledgeFilter(process_id=process.id)
+        regions = sorted(
+            r for r in (await cached_stats(db, answer_cache, everything)).by_region if r
+        )
+        chosen_region = region if region in regions else None
+        flt = svc.PledgeFilter(
+            process_id=process.id,
+            region=chosen_region,
+            form=chosen_form,
+            objective=chosen_objective,
+            pledger_type=chosen_type,
+        )
+        stats = await cached_stats(db, answer_cache, flt)
         by_region = sorted(stats.by_region.items(), key=lambda kv: (-kv[1], kv[0]))
         region_data = [(k or i18n.text(lang, "pledges.no_region"), v) for k, v in by_region]
         objective_data = [(str(o), stats.by_objective.get(o, 0)) for o in svc.OBJECTIVES]

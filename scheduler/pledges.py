@@ -492,8 +492,9 @@ async def count(session: AsyncSession, flt: PledgeFilter) -> int:
     return int(total or 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Stats:
+class Stats(msgspec.Struct, frozen=True):
+    """The dashboard counts (the JSON answer of ``/api/pledges/stats`` as it is)."""
+
     total: int
     by_region: dict[str, int]
     by_country: dict[str, int]
@@ -501,6 +502,7 @@ class Stats:
     by_form: dict[str, int]
     by_status: dict[str, int]
     by_objective: dict[int, int]
+    interval: str
     over_time: dict[str, int]
 
 
@@ -561,6 +563,7 @@ async def stats(session: AsyncSession, flt: PledgeFilter, interval: str = "month
         by_form=by_key["form"],
         by_status=by_key["status"],
         by_objective=dict(sorted(by_objective.items())),
+        interval=interval,
         over_time=by_key["period"],
     )
 
