@@ -265,7 +265,7 @@ AUDITED: dict[type[Any], Audited] = {
     Feed: _audited(
         Feed,
         "feed",
-        skip=(*_STAMPS, "lease_until", "next_run_at", "etag", "last_modified"),
+        skip=(*_STAMPS, "lease_until", "next_run_at", "etag", "last_modified", "next_pages"),
         hidden=("auth_header_value",),
     ),
 }

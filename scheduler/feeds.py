@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import httpx
 import msgspec
@@ -278,6 +278,7 @@ async def create_feed(
         enabled=data.enabled,
         etag="",
         last_modified="",
+        next_pages=[],
         next_run_at=first,
         lease_until=None,
         created_at=now,
@@ -315,6 +316,7 @@ async def update_feed(
         # What the server last said no longer describes what we would read.
         feed.etag = ""
         feed.last_modified = ""
+        feed.next_pages = []
     if not isinstance(data.auth_header, UnsetType):
         if data.auth_header is None:
             feed.auth_header_name = feed.auth_header_value = ""
@@ -386,6 +388,8 @@ class FeedTarget:
     auth_header_value: str
     etag: str
     last_modified: str
+    # (URL, ETag, Last-Modified) of each page after the first, as the last run read them.
+    next_pages: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,8 +460,19 @@ async def claim(
         auth_header_value=feed.auth_header_value,
         etag=feed.etag,
         last_modified=feed.last_modified,
+        next_pages=tuple(_page_validators(feed.next_pages)),
     )
     return Claim(target, run.id, lease_until, now)
+
+
+def _page_validators(stored: Any) -> list[tuple[str, str, str]]:
+    """The stored list of [url, etag, last_modified], or nothing when it is not that."""
+    if not isinstance(stored, list):
+        return []
+    pages = [tuple(p) for p in stored if isinstance(p, list) and len(p) == 3]
+    if len(pages) != len(stored) or not all(isinstance(v, str) for p in pages for v in p):
+        return []
+    return cast(list[tuple[str, str, str]], pages)
 
 
 async def extend_lease(
@@ -480,17 +495,18 @@ async def release(
     ours: datetime,
     now: datetime,
     *,
-    validators: tuple[str, str] | None = None,
+    validators: tuple[str, str, tuple[tuple[str, str, str], ...]] | None = None,
     not_before: datetime | None = None,
 ) -> Feed | None:
     """End our lease and schedule the next run; None if the lease is no longer ours.
 
-    ``validators`` (ETag, Last-Modified) replace the stored ones; ``not_before`` pushes the
-    next run out (a server that asked us to come back later).
+    ``validators`` (ETag, Last-Modified, and those of the later pages) replace the stored
+    ones; ``not_before`` pushes the next run out (a server that asked us to come back later).
     """
     values: dict[str, Any] = {"lease_until": None}
     if validators is not None:
-        values["etag"], values["last_modified"] = validators
+        values["etag"], values["last_modified"], later = validators
+        values["next_pages"] = [list(page) for page in later]
     hit = await session.scalar(
         update(Feed)
         .where(Feed.id == feed_id, Feed.lease_until == ours)

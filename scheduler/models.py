@@ -489,6 +489,8 @@ class Feed(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     etag: Mapped[str] = mapped_column(String(500), default="")
     last_modified: Mapped[str] = mapped_column(String(100), default="")
+    # [url, etag, last_modified] of each page after the first, from the last full read.
+    next_pages: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     next_run_at: Mapped[datetime | None]
     # A run in progress: the node running it and until when (lease, for several nodes).
     lease_until: Mapped[datetime | None]

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -615,6 +615,12 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
+# A page after the first, as last read: its URL, ETag and Last-Modified.
+PageValidators = tuple[str, str, str]
+# Beyond this many pages, a feed is read again in full each time (no validators kept).
+MAX_PAGES_REMEMBERED = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     not_modified: bool
@@ -622,6 +628,8 @@ class Fetched:
     etag: str = ""
     last_modified: str = ""
     pages: int = 0
+    # Validators of the pages after the first (when every page had one).
+    next_pages: tuple[PageValidators, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,9 +676,31 @@ class Fetcher:
         self._reported = 0.0
 
     async def fetch(self) -> Fetched:
+        """Every page, read and staged; or 304 when the server says nothing changed.
+
+        A feed of several pages is unchanged when every page is: the first page is asked
+        with its validators, and if it answers 304, so is each later page remembered from
+        the last run (each page's body holds the link to the next, so unchanged pages mean
+        an unchanged chain). The first later page that has changed ends the asking, and the
+        feed is read again in full.
+        """
+        return await self._read_all(bool(self.target.etag or self.target.last_modified))
+
+    async def _later_pages_unchanged(self) -> bool:
+        """Whether every remembered page after the first answers 304."""
+        for number, (url, etag, last_modified) in enumerate(self.target.next_pages, start=2):
+            page = await self._with_retries(
+                url, _conditional(etag, last_modified), number, read=self._probe
+            )
+            if not page.not_modified:
+                return False
+        return True
+
+    async def _read_all(self, conditional: bool) -> Fetched:
         url: str | None = self.target.url
         seen: set[str] = set()
         first: _Page | None = None
+        later: list[PageValidators] = []
         while url is not None:
             number = len(seen) + 1
             if number > self.policy.max_pages:
@@ -679,34 +709,54 @@ class Fetcher:
                 raise FeedError(f"page {number}: the next link leads back to {url[:200]}")
             seen.add(url)
             headers: dict[str, str] = {}
-            if first is None:
-                if self.target.etag:
-                    headers["If-None-Match"] = self.target.etag
-                if self.target.last_modified:
-                    headers["If-Modified-Since"] = self.target.last_modified
+            if first is None and conditional:
+                headers = _conditional(self.target.etag, self.target.last_modified)
             page = await self._with_retries(url, headers, number)
             if page.not_modified:
                 if first is None and headers:
-                    return Fetched(True, 304)
+                    if await self._later_pages_unchanged():
+                        return Fetched(True, 304)
+                    return await self._read_all(conditional=False)  # changed further on
                 raise FeedError(f"page {number}: 304 Not Modified to a plain request")
-            first = first or page
+            if first is None:
+                first = page
+            else:
+                later.append((url, page.etag[:500], page.last_modified[:100]))
             self.progress.pages = number
             self._report(force=True)
             url = page.next_url
         assert first is not None
         pages = len(seen)
-        # Validators of the first page speak for the whole feed only when it is one page.
-        if pages == 1:
-            return Fetched(False, first.status, first.etag[:500], first.last_modified[:100], 1)
-        return Fetched(False, first.status, "", "", pages)
+        every_page = [("", first.etag, first.last_modified), *later]
+        if pages > 1 and (
+            pages > MAX_PAGES_REMEMBERED or not all(etag or lm for _, etag, lm in every_page)
+        ):
+            # Some page cannot be asked "changed?": the next run reads every page again.
+            return Fetched(False, first.status, "", "", pages)
+        return Fetched(
+            False,
+            first.status,
+            first.etag[:500],
+            first.last_modified[:100],
+            pages,
+            tuple(later),
+        )
 
-    async def _with_retries(self, url: str, headers: dict[str, str], number: int) -> _Page:
+    async def _with_retries(
+        self,
+        url: str,
+        headers: dict[str, str],
+        number: int,
+        read: Callable[[str, dict[str, str]], Awaitable[_Page]] | None = None,
+    ) -> _Page:
+        """``read`` (default: the whole page, staged) with retries on trouble that passes."""
+        read = read or self._page
         attempt = 0
         while True:
             attempt += 1
             mark = await self.stager.mark()
             try:
-                return await self._page(url, headers)
+                return await read(url, headers)
             except Retryable as exc:
                 self.stager.rewind(mark)
                 reason = f"page {number}: {exc.reason}"
@@ -735,21 +785,21 @@ class Fetcher:
                     retry_after=exc.retry_after,
                 ) from None
 
+    async def _probe(self, url: str, headers: dict[str, str]) -> _Page:
+        """Whether the page changed (304 or 200), its body left unread."""
+        async with self.client.get(url, headers, self._auth, self._auth_host) as (_, response):
+            if response.status_code == 304:
+                return _Page(True, 304)
+            _check_status(response)
+            return _Page(False, response.status_code)
+
     async def _page(self, url: str, headers: dict[str, str]) -> _Page:
         got = self.client.get(url, headers, self._auth, self._auth_host)
         async with got as (final_url, response):
             status = response.status_code
             if status == 304:
                 return _Page(True, status)
-            if status in (429, 503):
-                wait = retry_after_seconds(response.headers.get("retry-after"), utc_now())
-                raise Retryable(f"HTTP {status}", http_status=status, retry_after=wait)
-            if status >= 500:
-                raise Retryable(f"HTTP {status}", http_status=status)
-            if status != 200:
-                raise FeedError(
-                    f"HTTP {status} {response.reason_phrase}".rstrip(), http_status=status
-                )
+            _check_status(response)
             decoder = self._decoder(response)
             reader: JsonPageReader | CsvReader
             if self.target.format == "json":
@@ -882,6 +932,28 @@ class Fetcher:
         if force or now - self._reported >= 0.2:
             self._reported = now
             self.on_progress(self.progress)
+
+
+def _check_status(response: httpx.Response) -> None:
+    """Retryable for trouble that passes (429, 5xx), FeedError for any other status but 200."""
+    status = response.status_code
+    if status in (429, 503):
+        wait = retry_after_seconds(response.headers.get("retry-after"), utc_now())
+        raise Retryable(f"HTTP {status}", http_status=status, retry_after=wait)
+    if status >= 500:
+        raise Retryable(f"HTTP {status}", http_status=status)
+    if status != 200:
+        raise FeedError(f"HTTP {status} {response.reason_phrase}".rstrip(), http_status=status)
+
+
+def _conditional(etag: str, last_modified: str) -> dict[str, str]:
+    """The headers that ask a server whether a page changed since it gave these."""
+    headers = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    return headers
 
 
 # --- The runner (owns its transactions) -----------------------------------------------------
@@ -1079,7 +1151,11 @@ class FeedRunner:
             run.error = counts.note
             run.finished_at = finished
             run.duration_ms = int(progress.seconds * 1000)
-            validators = None if fetched.not_modified else (fetched.etag, fetched.last_modified)
+            validators = (
+                None
+                if fetched.not_modified
+                else (fetched.etag, fetched.last_modified, fetched.next_pages)
+            )
             await feed_rules.release(session, target.id, until, finished, validators=validators)
             await prune_runs(session, target.id, self.settings.feeds_keep_runs)
             record_run(session, target, run)

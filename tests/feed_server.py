@@ -3,9 +3,10 @@
 It serves one list of records as paged JSON (``/pledges.json?page=N`` with a ``next`` link),
 JSON with page numbers (``/numbered.json``), one JSON document (``/all.json``, chunked) and
 CSV (``/pledges.csv``, chunked), with ETag and Last-Modified validators that change whenever
-the records do. Tests queue faults: slow or stalled responses, any status (with
-Retry-After), bodies cut off or malformed, wrong content types, oversize bodies, redirects.
-Every request is logged (path, headers) so tests can see what the client sent.
+the records do (the ETag is each page's own: a page whose content stayed the same keeps
+it). Tests queue faults: slow or stalled responses, any status (with Retry-After), bodies
+cut off or malformed, wrong content types, oversize bodies, redirects. Every request is
+logged (path, headers) so tests can see what the client sent.
 
 Also runs on its own for benchmarks, generating records and printing its port; a line
 ``edit N`` on its stdin then edits the feed (see ``edited``):
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import socket
@@ -129,6 +131,7 @@ class State:
     faults: list[Fault] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     cache: dict[tuple[str, int, int], bytes] = field(default_factory=dict)
+    etags: dict[tuple[str, int, int], str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -166,6 +169,7 @@ class FeedServer:
             self.state.version += 1
             self.state.modified = time.time() + self.state.version  # strictly later
             self.state.cache.clear()
+            self.state.etags.clear()
 
     def fault(self, kind: str, **options: Any) -> None:
         with self.state.lock:
@@ -222,8 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             self._plain(404, b"no such feed")
             return
-        body, content_type, streamed = found
-        etag = f'"v{state.version}"'
+        body, content_type, streamed, etag = found
         last_modified = formatdate(state.modified, usegmt=True)
         if state.validators and (
             self.headers.get("If-None-Match") == etag
@@ -299,7 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _content(self, path: str, page: int) -> tuple[bytes, str, bool] | None:
+    def _content(self, path: str, page: int) -> tuple[bytes, str, bool, str] | None:
+        """The body, its content type, whether it is sent in chunks, and its ETag."""
         state = self.shared
         key = (path, page, state.version)
         with state.lock:
@@ -335,7 +339,12 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         with state.lock:
             state.cache[key] = cached
-        return result
+            etag = state.etags.get(key)
+        if etag is None:
+            etag = '"' + hashlib.blake2b(cached, digest_size=8).hexdigest() + '"'
+            with state.lock:
+                state.etags[key] = etag
+        return (*result, etag)
 
 
 def _chunks(body: bytes, size: int) -> Iterator[bytes]:
