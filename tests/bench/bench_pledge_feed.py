@@ -303,7 +303,7 @@ async def ingests(
             how = (
                 "304 Not Modified"
                 if run.outcome == "not_modified"
-                else f"200, {run.unchanged:,} unchanged (paged: no validators kept)"
+                else f"200, {run.unchanged:,} unchanged (no validators kept)"
             )
             print(f"  {slug:<14} {elapsed * 1000:8.0f} ms  {how}")
         print("\nchanged re-sync (1% gone, 10% edited, 1% new):")
