@@ -144,8 +144,7 @@ async def cached_answer(
     build: Callable[[AsyncSession], Awaitable[bytes]],
 ) -> Answer:
     """The answer for ``key``: from the cache while the counter has not moved, else built."""
-    latest = await latest_version(db, counter)
-    answer = cache.get(latest, key)
+    _, answer = await _cached(db, cache, counter, key)
     return answer if answer is not None else await _build(db, cache, counter, key, build)
 
 
@@ -159,14 +158,21 @@ async def cached_response(
 ) -> Response[bytes]:
     """``cached_answer`` as a JSON response with its ETag, or 304 when the client holds it
     (known without building it)."""
-    latest = await latest_version(db, counter)
-    answer = cache.get(latest, key)
+    latest, answer = await _cached(db, cache, counter, key)
     tag = etag(latest, key) if answer is None else answer.etag
     if request.headers.get("if-none-match") == tag:
         return Response(b"", status_code=304, headers={"ETag": tag})
     if answer is None:
         answer = await _build(db, cache, counter, key, build)
     return Response(answer.body, media_type=MediaType.JSON, headers={"ETag": answer.etag})
+
+
+async def _cached(
+    db: Database, cache: AnswerCache, counter: str, key: Hashable
+) -> tuple[int, Answer | None]:
+    """The counter as last committed, and the answer cached under it (if any)."""
+    latest = await latest_version(db, counter)
+    return latest, cache.get(latest, key)
 
 
 async def _build(
