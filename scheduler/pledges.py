@@ -577,50 +577,69 @@ def _period(dialect: str, interval: str) -> ColumnElement[str]:
     return func.to_char(func.timezone("UTC", Pledge.submitted_at), pattern)
 
 
-CSV_COLUMNS = (
-    "id",
-    "feed_id",
-    "process_id",
-    "source_id",
-    "title",
-    "pledger_name",
-    "pledger_type",
-    "country",
-    "region",
-    "pledge_type",
-    "matches_source_id",
-    "form",
-    "objectives",
-    "status",
-    "submitted_at",
-    "source_updated_at",
-    "source_url",
-    "withdrawn_at",
-    "first_seen_at",
-    "last_seen_at",
-)
+def _text_cell(value: str | None) -> str:
+    return "" if value is None else csv_safe(value)
+
+
+def _plain_cell(value: Any) -> str:
+    """Ids and the closed vocabularies: nothing there can start a formula."""
+    return "" if value is None else str(value)
+
+
+def _time_cell(value: datetime | None) -> str:
+    return "" if value is None else value.isoformat()
+
+
+_OBJECTIVE_CELLS: dict[int, str] = {}
+
+
+def _objectives_cell(mask: int) -> str:
+    """ "3;17" for a mask (read as bits, not as JSON: measured 0.45 s of a 100k export)."""
+    cell = _OBJECTIVE_CELLS.get(mask)
+    if cell is None:
+        cell = ";".join(map(str, objectives_in(mask)))
+        if len(_OBJECTIVE_CELLS) < 10_000:
+            _OBJECTIVE_CELLS[mask] = cell
+    return cell
+
+
+# Each exported column: where its value comes from, and how it becomes a cell.
+_CSV: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "id": ("id", _plain_cell),
+    "feed_id": ("feed_id", _plain_cell),
+    "process_id": ("process_id", _plain_cell),
+    "source_id": ("source_id", _text_cell),
+    "title": ("title", _text_cell),
+    "pledger_name": ("pledger_name", _text_cell),
+    "pledger_type": ("pledger_type", _plain_cell),
+    "country": ("country", _plain_cell),
+    "region": ("region", _text_cell),
+    "pledge_type": ("pledge_type", _plain_cell),
+    "matches_source_id": ("matches_source_id", _text_cell),
+    "form": ("form", _plain_cell),
+    "objectives": ("objective_mask", _objectives_cell),
+    "status": ("status", _text_cell),
+    "submitted_at": ("submitted_at", _time_cell),
+    "source_updated_at": ("source_updated_at", _time_cell),
+    "source_url": ("source_url", _text_cell),
+    "withdrawn_at": ("withdrawn_at", _time_cell),
+    "first_seen_at": ("first_seen_at", _time_cell),
+    "last_seen_at": ("last_seen_at", _time_cell),
+}
+CSV_COLUMNS = tuple(_CSV)
+_CELLS = tuple(cell for _, cell in _CSV.values())
 
 
 def csv_query(flt: PledgeFilter) -> Select[Any]:
     """The CSV columns as plain rows (no ORM objects: an export may hold every pledge)."""
     table = Pledge.__table__.c
-    return select(*(table[name] for name in CSV_COLUMNS)).where(*where(flt)).order_by(Pledge.id)
+    columns = (table[source] for source, _ in _CSV.values())
+    return select(*columns).where(*where(flt)).order_by(Pledge.id)
 
 
 def csv_cells(row: Sequence[Any]) -> list[str]:
-    """One pledge as CSV cells, each safe to open in a spreadsheet (no formulas)."""
-    cells: list[str] = []
-    for value in row:
-        if value is None:
-            text = ""
-        elif isinstance(value, datetime):
-            text = value.isoformat()
-        elif isinstance(value, list):
-            text = ";".join(str(v) for v in value)
-        else:
-            text = str(value)
-        cells.append(csv_safe(text))
-    return cells
+    """One row of ``csv_query`` as CSV cells, each safe to open in a spreadsheet."""
+    return [cell(value) for cell, value in zip(_CELLS, row, strict=True)]
 
 
 def csv_safe(value: str) -> str:

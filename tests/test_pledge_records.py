@@ -31,6 +31,7 @@ from scheduler.pledge_feed import (
 )
 from scheduler.pledge_writes import Quarantined, Stager, quarantined_json
 from scheduler.pledges import (
+    CSV_COLUMNS,
     BadRecord,
     PledgeRecord,
     check_field_map,
@@ -240,15 +241,34 @@ def test_the_hash_changes_with_content_only() -> None:
 
 
 def test_csv_cells_cannot_become_formulas() -> None:
-    assert csv_cells(["=HYPERLINK(1)", "+1", "-2", "@x", "ok", None, [1, 5]]) == [
-        "'=HYPERLINK(1)",
+    """Free text is guarded wherever it can start a formula; ids, the closed vocabularies,
+    times and objectives are written as they are."""
+    when = datetime(2026, 5, 12, 14, 0, tzinfo=UTC)
+    row = [7, 1, 2, "=1+1", "+1", "-2", "member_state", "KEN", "@x", "single", None]
+    row += ["policy", (1 << 1) | (1 << 5), "\tpending", when, None, "ok", None, when, when]
+    assert csv_cells(row) == [
+        "7",
+        "1",
+        "2",
+        "'=1+1",
         "'+1",
         "'-2",
+        "member_state",
+        "KEN",
         "'@x",
+        "single",
+        "",
+        "policy",
+        "1;5",
+        "'\tpending",
+        "2026-05-12T14:00:00+00:00",
+        "",
         "ok",
         "",
-        "1;5",
+        "2026-05-12T14:00:00+00:00",
+        "2026-05-12T14:00:00+00:00",
     ]
+    assert len(row) == len(CSV_COLUMNS)
 
 
 # --- The JSON reader ----------------------------------------------------------------------
