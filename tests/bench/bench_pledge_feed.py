@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sqlalchemy import select
 
-from scheduler import feeds
+from scheduler import audit, feeds
 from scheduler import pledges as dashboards
 from scheduler.database import Database, open_database
 from scheduler.feeds import FeedCreate
@@ -150,6 +150,7 @@ async def floors_here(base: str) -> None:
 
 async def add_feed(db: Database, slug: str, url: str, fmt: str) -> int:
     async with db.writer.begin() as session:
+        audit.act_as(session, audit.CLI)
         process = Process(slug=slug, name=f"Bench {slug}", time_zone="UTC", languages=["en"])
         session.add(process)
         await session.flush()
@@ -178,7 +179,8 @@ class Phases:
 async def ingest(db: Database, settings: Settings, feed_id: int) -> tuple[Any, float, float | None]:
     phases = Phases()
     started = time.perf_counter()
-    run = await FeedRunner(db, settings).run(feed_id, on_progress=phases)
+    with audit.acting(audit.CLI):  # as `scheduler feeds sync` would run it
+        run = await FeedRunner(db, settings).run(feed_id, on_progress=phases)
     elapsed = time.perf_counter() - started
     assert run is not None and run.outcome in ("success", "not_modified"), run and run.error
     applying = time.perf_counter() - phases.apply_started if phases.apply_started else None
