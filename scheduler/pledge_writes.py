@@ -390,10 +390,18 @@ class _Writes:
         )
         return found is not None
 
-    async def upsert(self, batches: Iterable[list[PledgeRecord]], first: bool) -> None:
-        """New pledges inserted; changed or withdrawn ones rewritten; the rest untouched.
+    async def insert(self, batches: Iterable[list[PledgeRecord]]) -> tuple[int, list[str]]:
+        """A first sync: every record is a new pledge (the stager keeps one per id), so
+        a plain INSERT; how many, and the first titles, are known without asking."""
+        q = self.q
+        sql = (
+            f"INSERT INTO {self.pledges} ({', '.join(map(q, _ROW))}) "  # noqa: S608
+            f"VALUES ({', '.join('?' * len(_ROW))})"
+        )
+        return await self._each_batch(sql, batches)
 
-        ``first``: the feed has no pledge yet (its first sync)."""
+    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
+        """New pledges inserted; changed or withdrawn ones rewritten; the rest untouched."""
         q = self.q
         sql = (
             f"INSERT INTO {self.pledges} ({', '.join(map(q, _ROW))}) "  # noqa: S608
@@ -403,11 +411,21 @@ class _Writes:
             f"WHERE {self.pledges}.{q('content_hash')} IS NOT excluded.{q('content_hash')} "
             f"OR {self.pledges}.{q('withdrawn_at')} IS NOT NULL"
         )
+        await self._each_batch(sql, batches)
+
+    async def _each_batch(
+        self, sql: str, batches: Iterable[list[PledgeRecord]]
+    ) -> tuple[int, list[str]]:
+        """``sql`` executed for every row; how many rows, and the first titles."""
+        written = 0
+        titles: list[str] = []
         # While the database thread writes one batch, this one reads and converts the next.
         writing: asyncio.Future[Any] | None = None
         try:
             for batch in batches:
                 rows = self.rows(batch)
+                written += len(rows)
+                _first_titles(titles, batch)
                 if writing is not None:
                     await writing
                 writing = asyncio.ensure_future(self.conn.exec_driver_sql(sql, rows))
@@ -415,6 +433,7 @@ class _Writes:
         finally:
             if writing is not None:
                 await writing
+        return written, titles
 
     def _written(self, alias: str = "") -> str:
         """This run's rows of the feed: first and last parameters the feed and the mark."""
@@ -487,15 +506,24 @@ class _PostgresWrites(_Writes):
         assert raw.driver_connection is not None
         return raw.driver_connection
 
-    async def upsert(self, batches: Iterable[list[PledgeRecord]], first: bool) -> None:
+    async def insert(self, batches: Iterable[list[PledgeRecord]]) -> tuple[int, list[str]]:
+        # Straight into the table, in feed order: no id to collide with.
+        driver = await self._driver()
+        written = 0
+        titles: list[str] = []
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            nonlocal written
+            for batch in batches:
+                written += len(batch)
+                _first_titles(titles, batch)
+                yield from self.rows(batch)
+
+        await driver.copy_records_to_table(PLEDGES.name, records=rows(), columns=_ROW)
+        return written, titles
+
+    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
         q, types = self.q, self._types
-        if first:
-            # The feed's first sync: nothing to update, no id to collide with (the stager
-            # keeps one record per id), so the rows go straight in, in feed order.
-            driver = await self._driver()
-            rows = (row for batch in batches for row in self.rows(batch))
-            await driver.copy_records_to_table(PLEDGES.name, records=rows, columns=_ROW)
-            return
 
         def records() -> Iterator[tuple[Any, ...]]:
             position = 0
@@ -581,6 +609,12 @@ def _kinds(counted: Sequence[Any], titles: Sequence[str]) -> tuple[int, int, lis
     return by_kind.get(True, 0), by_kind.get(False, 0), [t[:200] for t in titles]
 
 
+def _first_titles(titles: list[str], batch: list[PledgeRecord]) -> None:
+    """``titles`` filled up to the digest's few from ``batch`` (a first sync's, in order)."""
+    if len(titles) < _DIGEST_TITLES:
+        titles.extend(r.title[:200] for r in batch[: _DIGEST_TITLES - len(titles)])
+
+
 def _processor(column: Any, dialect: Any) -> Callable[[Any], Any]:
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     return cast(Callable[[Any], Any], process) if process is not None else (lambda v: v)
@@ -638,8 +672,11 @@ async def apply_staged(
     postgres = connection.dialect.name == "postgresql"
     writes = (_PostgresWrites if postgres else _Writes)(connection, target, mark)
     first = not await writes.any_pledge()
-    await writes.upsert(await stager.batches(), first)
-    counts.new, counts.updated, counts.titles = await writes.written()
+    if first:
+        counts.new, counts.titles = await writes.insert(await stager.batches())
+    else:
+        await writes.upsert(await stager.batches())
+        counts.new, counts.updated, counts.titles = await writes.written()
     counts.unchanged = stager.good - counts.new - counts.updated
     stored = 0
     for items in await stager.quarantined():
