@@ -120,6 +120,7 @@ class AnswerCache:
     def __init__(self, size: int = 512) -> None:
         self._size = size
         self._items: OrderedDict[tuple[int, Hashable], Answer] = OrderedDict()
+        self.built = 0  # answers built (each one a query the cache could not spare)
 
     def get(self, version: int, key: Hashable) -> Answer | None:
         answer = self._items.get((version, key))
@@ -129,6 +130,7 @@ class AnswerCache:
 
     def put(self, version: int, key: Hashable, body: bytes) -> Answer:
         answer = Answer(etag(version, key), body)
+        self.built += 1
         self._items[(version, key)] = answer
         self._items.move_to_end((version, key))
         while len(self._items) > self._size:

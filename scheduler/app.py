@@ -30,7 +30,7 @@ from scheduler.api_health import health
 from scheduler.api_members import MemberController
 from scheduler.api_milestones import MilestoneController
 from scheduler.api_notifications import NotificationController
-from scheduler.api_pledges import PledgeController
+from scheduler.api_pledges import PledgeController, cached_stats
 from scheduler.api_privacy import PrivacyController
 from scheduler.api_processes import ProcessController, TemplateController
 from scheduler.api_registrations import RegistrationController
@@ -54,6 +54,7 @@ from scheduler.pages_common import STATIC_DIR, register_helpers
 from scheduler.pages_organizer import organizer_router
 from scheduler.pages_pledges import PledgePages
 from scheduler.pledge_feed import FeedRunner
+from scheduler.pledges import PledgeFilter
 from scheduler.rate_limits import RateLimits
 from scheduler.registration_desk import RegistrationDesk
 from scheduler.registrations import expire_holds
@@ -98,7 +99,16 @@ def create_app(settings: Settings) -> Litestar:
     )
     hold = timedelta(minutes=settings.registration_hold_minutes)
     desk = RegistrationDesk(db, hold, after_commit=worker.kick)
-    feed_runner = FeedRunner(db, settings, after_commit=worker.kick)
+    answers = AnswerCache()
+
+    async def count_pledges_again(process_id: int) -> None:
+        """A sync changed these pledges: their dashboard counts are built now, in the
+        sync, so that the first viewer after it does not wait for them."""
+        await cached_stats(db, answers, PledgeFilter(process_id=process_id))
+
+    feed_runner = FeedRunner(
+        db, settings, after_commit=worker.kick, after_change=count_pledges_again
+    )
     rate_limits = RateLimits(
         settings.rate_limits_per_ip,
         settings.rate_limits_per_email,
@@ -151,8 +161,6 @@ def create_app(settings: Settings) -> Litestar:
 
     # Providers close over the objects instead of reading them from ``state``: a provider
     # that takes ``state`` gets a new State built for it on every request.
-    answers = AnswerCache()
-
     def provide_db() -> Database:
         return db
 

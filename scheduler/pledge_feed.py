@@ -980,13 +980,17 @@ class FeedRunner:
         *,
         client_factory: Callable[[], FeedClient] | None = None,
         after_commit: Callable[[], None] | None = None,
+        after_change: Callable[[int], Awaitable[None]] | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
+        """``after_commit``: mail or webhooks are waiting. ``after_change``: a run changed
+        the pledges of this process (committed); never fails the run."""
         self.db = db
         self.settings = settings
         self.policy = FetchPolicy.from_settings(settings)
         self._client_factory = client_factory or (lambda: FeedClient(self.policy))
         self._after_commit = after_commit
+        self._after_change = after_change
         self._sleep = sleep
         self._clock: Clock | None = None
         self._running: set[int] = set()
@@ -1166,6 +1170,11 @@ class FeedRunner:
             digests += await self._announce(session, target, run, finished)
         if digests and self._after_commit is not None:
             self._after_commit()
+        if counts.changed and self._after_change is not None:
+            try:
+                await self._after_change(target.process_id)
+            except Exception:
+                log.exception("feed %s: after the run, the change hook failed", target.name)
         metrics.feed_runs.inc(outcome=run.outcome)
         return run
 

@@ -434,11 +434,15 @@ async def test_stats_are_cached_until_pledges_change(api: Api, server: FeedServe
     other = await api.client.get("/api/pledges/stats", params={**params, "form": "policy"})
     assert other.headers["etag"] != tag and other.json()["total"] < 55
 
+    cache = api.client.app.dependencies["answer_cache"].dependency()
+    built = cache.built
     server.set_records([*records()[5:], pledge(70), pledge(71)])
     assert (await synced(api, fid))["new"] == 2
+    assert cache.built == built + 1  # the sync counted the process's pledges again
     grown = await stats(tag)
     assert grown.status_code == 200 and grown.json()["total"] == 57
     assert grown.headers["etag"] != tag
+    assert cache.built == built + 1  # so the first viewer after it got them ready
 
     r = await api.client.delete(f"/api/feeds/{fid}", headers=api.auth)
     assert r.status_code == 204, r.text

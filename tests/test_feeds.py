@@ -275,6 +275,35 @@ async def test_an_unchanged_document_costs_one_304(
     assert (third.outcome, counts(third)) == ("success", (1, 1, 11, 0, 0))
 
 
+async def test_the_change_hook_hears_of_runs_that_changed_pledges_only(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    """After a committed run that changed pledges, the hook gets the process (the app
+    counts its dashboard again there); a hook that fails does not fail the run."""
+    feed_id = await make_feed(db, server.url("/all.json"))
+    async with db.reader() as session:
+        process_id = await session.scalar(select(Feed.process_id).where(Feed.id == feed_id))
+    heard: list[tuple[int, int]] = []
+
+    async def hook(changed: int) -> None:
+        async with db.reader() as session:  # after the commit: the run's pledges are there
+            heard.append((changed, await session.scalar(select(func.count(Pledge.id))) or 0))
+
+    first = await sync(db, settings, feed_id, after_change=hook)
+    assert first.new == 12 and heard == [(process_id, 12)]
+    assert (await sync(db, settings, feed_id, after_change=hook)).outcome == "not_modified"
+    server.set_records(RECORDS[:11])
+    assert (await sync(db, settings, feed_id, after_change=hook)).withdrawn == 1
+    assert heard == [(process_id, 12), (process_id, 12)]  # withdrawn, not deleted
+
+    async def broken(changed: int) -> None:
+        raise RuntimeError("the dashboard is down")
+
+    server.set_records(RECORDS)
+    run = await sync(db, settings, feed_id, after_change=broken)
+    assert (run.outcome, run.updated) == ("success", 1)
+
+
 async def objective_masks(db: Database) -> dict[str, list[int]]:
     """The objectives each pledge's bit mask holds, by source id (the counts read those)."""
     async with db.reader() as session:

@@ -47,7 +47,7 @@ from scheduler import pledges as dashboards
 from scheduler.database import Database, open_database
 from scheduler.feeds import FeedCreate, FeedTarget
 from scheduler.models import Pledge, Process, utc_now
-from scheduler.pledge_feed import FeedClient, Fetcher, FeedRunner, FetchPolicy, Progress
+from scheduler.pledge_feed import FeedClient, FeedRunner, Fetcher, FetchPolicy, Progress
 from scheduler.pledge_writes import Stager
 from scheduler.schema import migrate
 from scheduler.settings import Settings
