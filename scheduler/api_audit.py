@@ -19,11 +19,11 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from scheduler import audit
+from scheduler.csv_cells import csv_safe
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
 from scheduler.fields import ID_MAX, AwareDatetime, check_aware
 from scheduler.permissions import Caller, authenticated, processes_where, require_role
-from scheduler.pledges import csv_safe
 
 EntityType = Literal[
     "accreditation",

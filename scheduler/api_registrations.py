@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from scheduler import registrations as svc
 from scheduler.api_calendars import event_entry
 from scheduler.calendars import CalendarEntry, build_calendar
+from scheduler.csv_cells import csv_safe
 from scheduler.database import Database
 from scheduler.errors import Gone, NotFound, documented
 from scheduler.fields import ID_MAX, AwareDatetime, PathId
@@ -554,7 +555,7 @@ class RegistrationController(Controller):
                 _filtered(event_id, status, None, None, None, None).order_by(Registration.id)
             )
             for r in rows:
-                writer.writerow([_csv_safe(_csv_value(r, c)) for c in CSV_COLUMNS])
+                writer.writerow([csv_safe(_csv_value(r, c)) for c in CSV_COLUMNS])
         return Response(
             buffer.getvalue(),
             media_type="text/csv; charset=utf-8",
@@ -787,8 +788,3 @@ def _csv_value(r: Registration, column: str) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     return "" if value is None else str(value)
-
-
-def _csv_safe(value: str) -> str:
-    """Keep spreadsheet programs from running a cell as a formula (CSV injection)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value

@@ -23,6 +23,7 @@ import msgspec
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from scheduler.csv_cells import csv_safe
 from scheduler.models import Pledge
 
 PLEDGER_TYPES = ("member_state", "stakeholder", "un_system", "other")
@@ -640,8 +641,3 @@ def csv_query(flt: PledgeFilter) -> Select[Any]:
 def csv_cells(row: Sequence[Any]) -> list[str]:
     """One row of ``csv_query`` as CSV cells, each safe to open in a spreadsheet."""
     return [cell(value) for cell, value in zip(_CELLS, row, strict=True)]
-
-
-def csv_safe(value: str) -> str:
-    """Keep spreadsheet programs from running a cell as a formula (CSV injection)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
