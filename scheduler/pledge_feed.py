@@ -529,13 +529,17 @@ class CsvReader:
     """A CSV body read as it arrives: rows (as dicts keyed by the header) once complete.
 
     Only complete records reach the csv module: a line ends a record when the quotes seen
-    so far balance, so a quoted field may span lines and chunks.
+    so far balance, so a quoted field may span lines and chunks. Memory holds one unfinished
+    record at most: one longer than ``max_record_chars`` (a body with no line break, or a
+    quote never closed) is refused as soon as it is.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_record_chars: int = 1_048_576) -> None:
         self._partial = ""
         self._pending: list[str] = []
+        self._pending_chars = 0
         self._quoted = False
+        self._max = max_record_chars
         self.header: list[str] | None = None
 
     def feed(self, text: str) -> list[dict[str, str] | BadRow]:
@@ -545,6 +549,7 @@ class CsvReader:
         lines = joined.split("\n")
         self._partial = lines.pop()
         if not self._quoted and not self._pending and '"' not in joined:
+            self._check(len(self._partial))
             return self._rows(lines)  # the common case: no quoting anywhere in this chunk
         complete: list[str] = []
         for line in lines:
@@ -552,13 +557,23 @@ class CsvReader:
                 self._quoted = not self._quoted
             if self._quoted:
                 self._pending.append(line + "\n")
+                self._pending_chars += len(line) + 1
             elif self._pending:
                 self._pending.append(line)
                 complete.extend(self._pending)
                 self._pending = []
+                self._pending_chars = 0
             else:
                 complete.append(line)
+        self._check(self._pending_chars + len(self._partial))
         return self._rows(complete)
+
+    def _check(self, unfinished: int) -> None:
+        if unfinished > self._max:
+            raise MalformedBody(
+                f"a record longer than {self._max:,} characters (a line never ends, or a "
+                "quoted field is never closed)"
+            )
 
     def close(self) -> list[dict[str, str] | BadRow]:
         rows = self.feed("\n") if self._partial else []
@@ -687,11 +702,20 @@ class Fetcher:
         return await self._read_all(bool(self.target.etag or self.target.last_modified))
 
     async def _later_pages_unchanged(self) -> bool:
-        """Whether every remembered page after the first answers 304."""
+        """Whether every remembered page after the first answers 304.
+
+        A page that cannot be asked (gone, refused, failing) is not known to be unchanged:
+        the feed is read again from page 1, whose links lead wherever the pages are now
+        (a remembered link may be a cursor the server has since let go).
+        """
         for number, (url, etag, last_modified) in enumerate(self.target.next_pages, start=2):
-            page = await self._with_retries(
-                url, _conditional(etag, last_modified), number, read=self._probe
-            )
+            try:
+                page = await self._with_retries(
+                    url, _conditional(etag, last_modified), number, read=self._probe
+                )
+            except FeedError as exc:
+                log.info("feed %s: %s; reading it in full", self.target.name, exc.reason)
+                return False
             if not page.not_modified:
                 return False
         return True
@@ -805,7 +829,7 @@ class Fetcher:
             if self.target.format == "json":
                 reader = JsonPageReader(self.policy.max_record_bytes, self._record_type)
             else:
-                reader = CsvReader()
+                reader = CsvReader(self.policy.max_record_bytes)
             size = 0
             # A JSON page no longer than the record cap is read whole, in one go.
             whole: list[str] | None = [] if isinstance(reader, JsonPageReader) else None
@@ -1042,6 +1066,10 @@ class FeedRunner:
                         return {}
                 return await stored_hashes(session, feed_id, source_ids)
 
+        async def known_to_have_pledges() -> bool:
+            async with self.db.reader() as session:
+                return await any_stored(session, feed_id)
+
         stager = Stager(s.data_dir / "feeds", s.feeds_batch_size, known)
         try:
             try:
@@ -1055,6 +1083,14 @@ class FeedRunner:
                 raise LeaseLost
             if fetched.not_modified:
                 return await self._finish(claim, lease, progress, fetched, None)
+            if stager.records == 0 and await known_to_have_pledges():
+                # A source that suddenly sends nothing is far more often broken than
+                # emptied: withdrawing every pledge would empty the dashboards.
+                raise FeedError(
+                    "the feed sent no records at all: its pledges are kept, none withdrawn "
+                    "(if the source is empty on purpose, disable or delete the feed)",
+                    http_status=fetched.http_status,
+                )
             progress.phase = "apply"
             if on_progress is not None:
                 on_progress(progress)

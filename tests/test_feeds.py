@@ -104,7 +104,9 @@ async def snapshot(db: Database) -> dict[str, Any]:
     async with db.reader() as session:
         pledges = (await session.execute(select(Pledge.__table__).order_by(Pledge.id))).all()
         quarantined = await session.scalar(select(func.count()).select_from(QuarantinedRecord))
-        validators = (await session.execute(select(Feed.id, Feed.etag, Feed.last_modified))).all()
+        validators = await session.execute(
+            select(Feed.id, Feed.etag, Feed.last_modified).order_by(Feed.id)
+        )
     return {
         "pledges": [tuple(r) for r in pledges],
         "quarantined": quarantined,
@@ -217,6 +219,47 @@ async def test_a_paged_feed_changed_further_on_is_read_again_in_full(
     moved = await sync(db, settings, feed_id)
     assert (moved.outcome, counts(moved)) == ("success", (0, 0, 17, 0, 0))
     assert not any("if-none-match" in s.headers for s in server.seen)
+
+
+async def test_a_remembered_page_that_cannot_be_asked_means_a_full_read(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    """A later page whose check fails (its link expired: 410) does not fail the run, nor
+    every run after it: the feed is read again from page 1."""
+    feed_id = await make_feed(db, server.url("/pledges.json"))
+    assert (await sync(db, settings, feed_id)).new == 12
+    server.fault("status", page=2, status=410, times=1)
+    server.forget()
+    run = await sync(db, settings, feed_id)
+    assert (run.outcome, counts(run)) == ("success", (0, 0, 12, 0, 0)), run.error
+    asked = [(s.query.get("page", "1"), "if-none-match" in s.headers) for s in server.seen]
+    assert asked == [("1", True), ("2", True), ("1", False), ("2", False), ("3", False)]
+    server.forget()
+    assert (await sync(db, settings, feed_id)).outcome == "not_modified"
+    assert [s.query.get("page", "1") for s in server.seen] == ["1", "2", "3"]
+
+
+async def test_a_feed_that_suddenly_sends_nothing_withdraws_nothing(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    """No records at all (an empty page, a CSV of its header alone) from a feed that has
+    pledges: the run fails, saying so, and every pledge stays; a first sync may be empty."""
+    paged = await make_feed(db, server.url("/pledges.json"))
+    table = await make_feed(db, server.url("/pledges.csv"), "csv")
+    for feed_id in (paged, table):
+        assert (await sync(db, settings, feed_id)).new == 12
+    before = await snapshot(db)
+    server.set_records([])
+    for feed_id in (paged, table):
+        run = await sync(db, settings, feed_id)
+        assert run.outcome == "failed"
+        assert run.error.startswith("the feed sent no records at all: its pledges are kept")
+    assert await snapshot(db) == before
+    server.set_records(RECORDS[:11])  # a real departure is still a withdrawal
+    assert (await sync(db, settings, paged)).withdrawn == 1
+    server.set_records([])
+    empty = await make_feed(db, server.url("/all.json"))
+    assert counts(await sync(db, settings, empty)) == (0, 0, 0, 0, 0)
 
 
 async def test_a_paged_feed_without_validators_on_every_page_is_read_in_full(
@@ -573,9 +616,29 @@ async def test_malformed_bodies_end_the_run_without_retrying(
     assert run.error == "page 1: malformed CSV: a quoted field is never closed (the CSV ends early)"
 
     server.clear_faults()
-    server.fault("body", path="/pledges.csv", body=b"", times=-1)
-    run = await sync(db, settings, csv_feed)
-    assert (run.outcome, run.error) == ("failed", "page 1: the body is empty")
+    run = await failing_run_leaves_no_trace(
+        db, settings, server, csv_feed, "body", path="/pledges.csv", body=b"", times=-1
+    )
+    assert run.error == "page 1: the body is empty"
+
+    # Memory holds one unfinished record at most: a line that never ends, or a quote never
+    # closed, is refused once it outgrows the record cap (not held up to the body cap).
+    capped = settings.replace(feeds_max_record_bytes=1000)
+    refused = "page 1: malformed CSV: a record longer than 1,000 characters (a line never "
+    for body in (b"id,title\n1," + b"x" * 5000, b'id,title\n1,"' + b"x\n" * 3000):
+        server.clear_faults()
+        run = await failing_run_leaves_no_trace(
+            db,
+            settings,
+            server,
+            csv_feed,
+            "body",
+            run_settings=capped,
+            path="/pledges.csv",
+            body=body,
+            times=-1,
+        )
+        assert run.error.startswith(refused), run.error
 
 
 async def test_wrong_content_types_are_refused(

@@ -463,6 +463,20 @@ def test_broken_csv_bodies_are_refused() -> None:
         read_csv("id,id\n1,2\n")
 
 
+def test_an_unfinished_csv_record_is_held_up_to_the_record_cap() -> None:
+    """Fed in small chunks, a record that never ends is refused once it passes the cap,
+    with no more than the cap held; a long record that does end is read."""
+    for start in ("id,title\n1,", 'id,title\n1,"'):
+        reader = CsvReader(max_record_chars=100)
+        reader.feed(start)
+        with pytest.raises(MalformedBody, match="longer than 100 characters"):
+            for _ in range(100):
+                reader.feed("x\n" if '"' in start else "xx")
+    reader = CsvReader(max_record_chars=100)
+    rows = reader.feed("id,title\n1," + "y" * 90) + reader.feed("\n2,z\n") + reader.close()
+    assert rows == [{"id": "1", "title": "y" * 90}, {"id": "2", "title": "z"}]
+
+
 def test_the_test_servers_csv_reads_back_as_valid_pledges() -> None:
     body = csv_body([pledge(i) for i in range(30)]).decode()
     rows = read_csv(body, [7, 500, 1999])
