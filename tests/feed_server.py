@@ -126,6 +126,7 @@ class State:
     version: int = 1
     modified: float = field(default_factory=time.time)
     validators: bool = True
+    send_etag: bool = True  # False: Last-Modified alone
     relative_next: bool = False
     csv_columns: tuple[str, ...] = CSV_COLUMNS
     faults: list[Fault] = field(default_factory=list)
@@ -229,14 +230,15 @@ class _Handler(BaseHTTPRequestHandler):
         body, content_type, streamed, etag = found
         last_modified = formatdate(state.modified, usegmt=True)
         if state.validators and (
-            self.headers.get("If-None-Match") == etag
+            (state.send_etag and self.headers.get("If-None-Match") == etag)
             or (
                 self.headers.get("If-Modified-Since") == last_modified
                 and "If-None-Match" not in self.headers
             )
         ):
             self.send_response(304)
-            self.send_header("ETag", etag)
+            if state.send_etag:
+                self.send_header("ETag", etag)
             self.end_headers()
             return
         if fault is not None and fault.content_type:
@@ -252,7 +254,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         if state.validators:
-            self.send_header("ETag", etag)
+            if state.send_etag:
+                self.send_header("ETag", etag)
             self.send_header("Last-Modified", last_modified)
         if fault is not None and fault.kind == "truncate":
             self.send_header("Content-Length", str(len(body)))

@@ -347,6 +347,29 @@ async def test_the_change_hook_hears_of_runs_that_changed_pledges_only(
     assert (run.outcome, run.updated) == ("success", 1)
 
 
+@pytest.mark.parametrize("path", ["/all.json", "/pledges.json"])
+async def test_last_modified_alone_gives_a_304(
+    db: Database, settings: Settings, server: FeedServer, path: str
+) -> None:
+    """A server that sends no ETag: its Last-Modified is asked back (If-Modified-Since),
+    page by page, and its 304 does no work."""
+    server.state.send_etag = False
+    feed_id = await make_feed(db, server.url(path))
+    assert (await sync(db, settings, feed_id)).new == 12
+    before = await snapshot(db)
+    _, etag, last_modified = before["validators"][0]
+    assert etag == "" and last_modified
+    server.forget()
+    run = await sync(db, settings, feed_id)
+    assert (run.outcome, run.http_status) == ("not_modified", 304)
+    assert server.seen and all(
+        "if-none-match" not in s.headers and s.headers["if-modified-since"] == last_modified
+        for s in server.seen
+    )
+    assert len(server.seen) == (3 if path == "/pledges.json" else 1)  # pages of 5
+    assert await snapshot(db) == before
+
+
 async def objective_masks(db: Database) -> dict[str, list[int]]:
     """The objectives each pledge's bit mask holds, by source id (the counts read those)."""
     async with db.reader() as session:
@@ -504,8 +527,14 @@ async def test_a_slow_server_times_out_and_is_retried(
 
     server.clear_faults()
     server.fault("slow", seconds=1.5, times=1)
-    ok = await sync(db, settings, feed_id)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    ok = await sync(db, settings, feed_id, sleep=sleep)
     assert (ok.outcome, ok.new, ok.updated, ok.withdrawn) == ("success", 3, 9, 3)
+    assert waits == [0.01]  # a timeout is backed off like a 5xx
 
 
 async def test_a_body_that_stalls_midway_times_out(
@@ -524,10 +553,17 @@ async def test_server_errors_are_retried_then_reported(
 ) -> None:
     feed_id = await make_feed(db, server.url("/pledges.json"))
     server.fault("status", page=2, status=500, times=2)  # twice, then fine
-    run = await sync(db, settings, feed_id)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    run = await sync(db, settings, feed_id, sleep=sleep)
     assert (run.outcome, counts(run)) == ("success", (12, 0, 0, 0, 0))  # no page counted twice
     pages = [s.query.get("page", "1") for s in server.seen]
     assert pages == ["1", "2", "2", "2", "3"]
+    assert waits == [0.01, 0.02]  # backing off: the base (feeds_retry_base_ms), then twice it
 
     failed = await failing_run_leaves_no_trace(
         db, settings, server, feed_id, "status", page=3, status=502, times=-1
@@ -658,9 +694,18 @@ async def test_wrong_content_types_are_refused(
     )
     assert run.error == "page 1: expected JSON, got content type 'text/html'"
 
+    server.clear_faults()
     csv_feed = await make_feed(db, server.url("/pledges.csv"), "csv")
-    server.fault("content_type", path="/pledges.csv", content_type="application/json", times=-1)
-    run = await sync(db, settings, csv_feed)
+    run = await failing_run_leaves_no_trace(
+        db,
+        settings,
+        server,
+        csv_feed,
+        "content_type",
+        path="/pledges.csv",
+        content_type="application/json",
+        times=-1,
+    )
     assert run.error == "page 1: expected CSV, got content type 'application/json'"
 
 
