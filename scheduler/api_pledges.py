@@ -49,9 +49,21 @@ class PledgeOut(msgspec.Struct):
     source_updated_at: datetime | None
     source_url: str
     withdrawn: bool
-    withdrawn_at: datetime | None
-    first_seen_at: datetime
-    last_seen_at: datetime
+    withdrawn_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="When a sync found it gone from the source (else null)"),
+    ]
+    first_seen_at: Annotated[
+        datetime, msgspec.Meta(description="When a sync first wrote this pledge")
+    ]
+    last_seen_at: Annotated[
+        datetime,
+        msgspec.Meta(
+            description="When a sync last wrote it: new, changed, or back after a "
+            "withdrawal. Syncs leave unchanged pledges as they are, so an active pledge "
+            "was in its feed's latest successful run even when this is older."
+        ),
+    ]
 
 
 class PledgePage(msgspec.Struct):

@@ -335,6 +335,11 @@ async def test_pledges_are_public_and_filtered(api: Api, server: FeedServer) -> 
     first = everything["items"][0]
     assert first["source_id"] == "P-000005" and first["withdrawn"] is False
     assert first["objectives"] == active[0].objectives
+    # What the times mean is in the schema: last_seen_at is the last write, not the last run.
+    schema = (await api.client.get("/schema/openapi.json")).json()
+    times = schema["components"]["schemas"]["PledgeOut"]["properties"]
+    assert "latest successful run" in times["last_seen_at"]["description"]
+    assert times["first_seen_at"]["description"] and times["withdrawn_at"]["description"]
 
     def ids(page: dict[str, Any]) -> list[str]:
         return [p["source_id"] for p in page["items"]]
