@@ -115,7 +115,7 @@ class Stager:
     def add(self, record: PledgeRecord) -> None:
         source_id = record.source_id
         if source_id in self._ids:
-            self.add_bad(_duplicate(record))
+            self.add_bad(_duplicate(record, self.records + 1))
             return
         self._ids.add(source_id)
         self._new_ids.append(source_id)
@@ -249,9 +249,11 @@ async def stored_hashes(
 _HASHES = msgspec.json.Decoder(dict[str, str])
 
 
-def _duplicate(record: PledgeRecord) -> Quarantined:
+def _duplicate(record: PledgeRecord, position: int) -> Quarantined:
+    """A record whose id came before (kept in canonical form: the first one wins)."""
     sid = record.source_id
-    return Quarantined(0, sid, f"id {sid!r} appears again (the first record wins)", _json(record))
+    reason = f"id {sid!r} appears again (the first record wins)"
+    return Quarantined(position, sid, reason, _json(record))
 
 
 def _json(record: PledgeRecord) -> str:

@@ -749,7 +749,9 @@ async def test_duplicate_ids_keep_the_first_and_quarantine_the_rest(
         reasons = list(
             await session.scalars(select(QuarantinedRecord.reason).order_by(QuarantinedRecord.id))
         )
-    assert reasons == ["id 'P-000004' appears again (the first record wins)"] * 2
+    assert reasons == [
+        f"record {n}: id 'P-000004' appears again (the first record wins)" for n in (13, 14)
+    ]
 
 
 async def test_schema_drift_quarantines_and_a_field_map_repairs_it(

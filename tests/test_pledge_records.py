@@ -540,6 +540,7 @@ async def test_the_stager_sets_duplicates_aside_and_skips_what_is_stored(tmp_pat
             ("P-000000", "id 'P-000000' appears again (the first record wins)"),
         ]
         assert json.loads(bad[1].record)["title"] == "Copy 0"  # the copy set aside
+        assert [q.position for q in bad] == [1, 5]  # where each stood in the feed
         assert sorted(stager.seen()) == [f"P-{i:06d}" for i in range(4)]
     finally:
         stager.close()
