@@ -737,6 +737,44 @@ async def test_redirects_stay_on_the_same_host(
     assert [s.path for s in server.seen] == ["/all.json"]  # and never went to localhost
 
 
+async def test_redirects_to_another_host_when_allowed_and_allow_listed(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    """With feeds_redirect_other_hosts on, a redirect may lead to another host of the
+    allow-list (the auth header stays behind); one off the list is still refused."""
+    feed_id = await make_feed(
+        db,
+        server.url("/old-feed"),
+        auth_header=feeds.AuthHeader(name="X-Api-Key", value="s3cret"),
+    )
+    moved = "http://localhost:{port}/all.json"
+    server.fault("redirect", path="/old-feed", location=moved, times=-1)
+    allowed = settings.replace(
+        feeds_redirect_other_hosts=True, feeds_allowed_hosts="127.0.0.1,localhost"
+    )
+    run = await sync(db, allowed, feed_id)
+    assert (run.outcome, run.new) == ("success", 12), run.error
+    assert [(s.path, s.headers.get("host", "").split(":")[0]) for s in server.seen] == [
+        ("/old-feed", "127.0.0.1"),
+        ("/all.json", "localhost"),
+    ]
+    assert [s.headers.get("x-api-key") for s in server.seen] == ["s3cret", None]
+
+    off_the_list = settings.replace(feeds_redirect_other_hosts=True)
+    run = await failing_run_leaves_no_trace(
+        db,
+        allowed,
+        server,
+        feed_id,
+        "redirect",
+        run_settings=off_the_list,
+        path="/old-feed",
+        location=moved,
+        times=-1,
+    )
+    assert "host 'localhost' is not in the feeds_allowed_hosts setting" in run.error
+
+
 async def test_duplicate_ids_keep_the_first_and_quarantine_the_rest(
     db: Database, settings: Settings, server: FeedServer
 ) -> None:
