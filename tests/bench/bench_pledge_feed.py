@@ -11,11 +11,12 @@ Goals (printed, never asserted): ingest >= 0.5x the floor's records/s, peak RSS 
 an unchanged re-sync <= 1 s through 304. Then a changed re-sync: the server drops 1% of the
 pledges, edits every 10th and adds 1% new ones (tests/feed_server.py ``edited``), and each
 feed is synced again, its rate printed against the same floor. Then the dashboard queries
-on those pledges. Last, the least any ingest pays, in parts (``least_paid``): the feed read,
-validated and staged with no database; the bare write of its rows (the driver's fastest way
-into a bare copy of the table); the two one after the other; and the two at once, as a
-design that writes during the download would at best. Each is printed as the best ratio to
-the floor it allows on this machine.
+on those pledges, and the same answers over HTTP through the app. Last, the least any
+ingest pays, in parts (``least_paid``): the feed read, validated and staged with no
+database; the bare write of its rows (the driver's fastest way into a bare copy of the
+table); the two one after the other; and the two at once, as a design that writes during
+the download would at best. Each is printed as the best ratio to the floor it allows on
+this machine.
 
     .venv/bin/python tests/bench/bench_pledge_feed.py [--records 100000] [--page-size 1000]
         [--database sqlite|postgres]
@@ -28,6 +29,7 @@ import asyncio
 import csv
 import io
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from litestar.testing import AsyncTestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -45,6 +48,7 @@ from sqlalchemy import select
 
 from scheduler import audit, feeds
 from scheduler import pledges as dashboards
+from scheduler.app import create_app
 from scheduler.database import Database, open_database
 from scheduler.feeds import FeedCreate, FeedTarget
 from scheduler.models import Pledge, Process, utc_now
@@ -331,6 +335,38 @@ async def dashboards_on(db: Database, process_id: int) -> None:
     await timed("CSV export of every pledge", export, rounds=1)
 
 
+async def routes_on(settings: Settings, process_id: int) -> None:
+    """The same answers over HTTP, as the app serves them (in this process, no network):
+    the counts built once, then from the cache, then 304 for a client that holds them."""
+    app = create_app(settings.replace(scheduler_enabled=False, log_level="warning"))
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
+    async with AsyncTestClient(app=app, base_url="http://127.0.0.1:8000") as client:
+        stats_url = f"/api/pledges/stats?process_id={process_id}"
+
+        async def get(url: str, status: int = 200, **headers: str) -> httpx.Response:
+            response = await client.get(url, headers=headers)
+            assert response.status_code == status, (url, response.status_code)
+            return response
+
+        started = time.perf_counter()
+        tag = (await get(stats_url)).headers["etag"]
+        print(f"  {'GET stats, built':<44} {(time.perf_counter() - started) * 1000:8.1f} ms")
+        await timed("GET stats, from the cache", lambda: get(stats_url))
+        await timed(
+            "GET stats, 304 (the client holds them)",
+            lambda: get(stats_url, 304, **{"If-None-Match": tag}),
+        )
+        await timed("GET the dashboard page", lambda: get("/processes/json-paged/pledges"))
+        await timed(
+            "GET list: first 100 + total", lambda: get(f"/api/pledges?process_id={process_id}")
+        )
+        await timed(
+            "GET CSV export of every pledge",
+            lambda: get(f"/api/pledges/export.csv?process_id={process_id}"),
+            rounds=1,
+        )
+
+
 def main(records: int, page_size: int, database: str, data_dir: Path) -> None:
     server, base = start_server(records, page_size)
     try:
@@ -456,6 +492,8 @@ async def ingests(
             note = " (after VACUUM ANALYZE, as autovacuum leaves them)"
         print(f"\ndashboards on {records:,} pledges of one process{note}:")
         await dashboards_on(db, process_id)
+        print("\nthe same over HTTP (the app in this process):")
+        await routes_on(settings, process_id)
         # Last: it holds every row in memory at once, which would count in the RSS above.
         print("\nthe least an ingest of json-paged pays:")
         await least_paid(
