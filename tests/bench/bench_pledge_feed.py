@@ -338,7 +338,10 @@ async def dashboards_on(db: Database, process_id: int) -> None:
 async def routes_on(settings: Settings, process_id: int) -> None:
     """The same answers over HTTP, as the app serves them (in this process, no network):
     the counts built once, then from the cache, then 304 for a client that holds them."""
-    app = create_app(settings.replace(scheduler_enabled=False, log_level="warning"))
+    quiet = settings.replace(
+        scheduler_enabled=False, log_level="warning", secret_key="bench-" + "k" * 32
+    )
+    app = create_app(quiet)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     async with AsyncTestClient(app=app, base_url="http://127.0.0.1:8000") as client:
         stats_url = f"/api/pledges/stats?process_id={process_id}"
