@@ -314,6 +314,7 @@ _RECORD = ("source_id", *_DATA)
 _ROW = ["feed_id", "process_id", *_RECORD, "first_seen_at", "last_seen_at"]  # as ``rows`` gives
 _MANY_CHANGES = 5000
 _OBJECTIVE_LISTS_KEPT = 10_000
+_TIMES_KEPT = 10_000
 
 
 class _Writes:
@@ -330,8 +331,8 @@ class _Writes:
         dialect = conn.dialect
         self.conn = conn
         self.target = target
-        self.when = _fast_or_exact(
-            _processor(PLEDGES.c.submitted_at, dialect), _FAST_WHEN[dialect.name]
+        self.when = _remembered(
+            _fast_or_exact(_processor(PLEDGES.c.submitted_at, dialect), _FAST_WHEN[dialect.name])
         )
         self.json = _processor(PLEDGES.c.objectives, dialect)
         # Feeds repeat a few hundred objective lists: each is encoded once per run.
@@ -635,6 +636,31 @@ def _pg_when(value: datetime | None) -> Any:
 
 
 _FAST_WHEN: dict[str, Callable[[Any], Any]] = {"sqlite": _sqlite_when, "postgresql": _pg_when}
+
+
+def _remembered(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert`` that gives a value it gave before without converting it again.
+
+    Feeds repeat their times (a batch submitted at once, one update time for all), and
+    formatting a datetime for SQLite costs some forty dictionary lookups (1.7 us against
+    0.04 us here). The first ten thousand are kept; equal instants (in any time zone) are
+    one key, and rightly give one stored value.
+    """
+    kept: dict[Any, Any] = {}
+    get = kept.get
+
+    def remembered(value: Any) -> Any:
+        found = get(value, _UNSEEN)
+        if found is _UNSEEN:
+            found = convert(value)
+            if len(kept) < _TIMES_KEPT:
+                kept[value] = found
+        return found
+
+    return remembered
+
+
+_UNSEEN = object()
 
 
 def _fast_or_exact(exact: Callable[[Any], Any], fast: Callable[[Any], Any]) -> Callable[[Any], Any]:

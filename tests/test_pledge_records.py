@@ -8,7 +8,7 @@ allow-list and redirect rule, schedules, and retry timing.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 from typing import Any
 
@@ -29,7 +29,7 @@ from scheduler.pledge_feed import (
     retry_after_seconds,
     retry_delay,
 )
-from scheduler.pledge_writes import Quarantined, Stager, quarantined_json
+from scheduler.pledge_writes import Quarantined, Stager, _remembered, quarantined_json
 from scheduler.pledges import (
     CSV_COLUMNS,
     BadRecord,
@@ -633,3 +633,22 @@ def test_retry_timing() -> None:
     assert retry_after_seconds("Mon, 01 Jun 2026 11:00:00 GMT", NOW) == 0.0
     assert retry_after_seconds("soon", NOW) is None
     assert retry_after_seconds(None, NOW) is None
+
+
+def test_remembered_times_are_converted_once_and_stay_right() -> None:
+    """Equal instants in any zone are one key (and one stored value); None passes; past
+    the cap every value is still converted, just not kept."""
+    calls: list[Any] = []
+
+    def convert(value: Any) -> Any:
+        calls.append(value)
+        return None if value is None else value.astimezone(UTC).isoformat()
+
+    when = _remembered(convert)
+    noon = datetime(2026, 5, 12, 12, 0, tzinfo=UTC)
+    same_in_paris = datetime(2026, 5, 12, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert when(noon) == when(same_in_paris) == when(noon) == "2026-05-12T12:00:00+00:00"
+    assert when(None) is None and when(None) is None
+    assert calls == [noon, None]
+    many = [noon + timedelta(seconds=n) for n in range(10_005)]
+    assert [when(t) for t in many] == [convert(t) for t in many]
