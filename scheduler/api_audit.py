@@ -19,7 +19,7 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from scheduler import audit
-from scheduler.csv_cells import csv_safe
+from scheduler.csv_safety import csv_safe
 from scheduler.database import Database
 from scheduler.errors import Invalid, documented
 from scheduler.fields import ID_MAX, AwareDatetime, check_aware

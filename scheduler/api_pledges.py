@@ -60,8 +60,9 @@ class PledgeOut(msgspec.Struct):
         datetime,
         msgspec.Meta(
             description="When a sync last wrote it: new, changed, or back after a "
-            "withdrawal. Syncs leave unchanged pledges as they are, so an active pledge "
-            "was in its feed's latest successful run even when this is older."
+            "withdrawal. Syncs leave unchanged pledges as they are, so this may be older "
+            "than the feed's latest successful run, which had every active pledge (a run "
+            "with records whose id cannot be read withdraws nothing, and says so)."
         ),
     ]
 

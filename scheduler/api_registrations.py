@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from scheduler import registrations as svc
 from scheduler.api_calendars import event_entry
 from scheduler.calendars import CalendarEntry, build_calendar
-from scheduler.csv_cells import csv_safe
+from scheduler.csv_safety import csv_safe
 from scheduler.database import Database
 from scheduler.errors import Gone, NotFound, documented
 from scheduler.fields import ID_MAX, AwareDatetime, PathId

@@ -529,9 +529,10 @@ class CsvReader:
     """A CSV body read as it arrives: rows (as dicts keyed by the header) once complete.
 
     Only complete records reach the csv module: a line ends a record when the quotes seen
-    so far balance, so a quoted field may span lines and chunks. Memory holds one unfinished
-    record at most: one longer than ``max_record_chars`` (a body with no line break, or a
-    quote never closed) is refused as soon as it is.
+    so far balance, so a quoted field may span lines and chunks. A record longer than
+    ``max_record_chars`` is refused however the body arrives: whole in one chunk, or
+    unfinished (a line that never ends, a quote never closed) as soon as it passes the cap,
+    so memory holds one unfinished record at most.
     """
 
     def __init__(self, max_record_chars: int = 1_048_576) -> None:
@@ -549,8 +550,9 @@ class CsvReader:
         lines = joined.split("\n")
         self._partial = lines.pop()
         if not self._quoted and not self._pending and '"' not in joined:
-            self._check(len(self._partial))
-            return self._rows(lines)  # the common case: no quoting anywhere in this chunk
+            # The common case: no quoting anywhere in this chunk.
+            self._check(max(len(self._partial), max(map(len, lines), default=0)))
+            return self._rows(lines)
         complete: list[str] = []
         for line in lines:
             if line.count('"') % 2:
@@ -559,20 +561,21 @@ class CsvReader:
                 self._pending.append(line + "\n")
                 self._pending_chars += len(line) + 1
             elif self._pending:
+                self._check(self._pending_chars + len(line))
                 self._pending.append(line)
                 complete.extend(self._pending)
                 self._pending = []
                 self._pending_chars = 0
             else:
+                self._check(len(line))
                 complete.append(line)
         self._check(self._pending_chars + len(self._partial))
         return self._rows(complete)
 
-    def _check(self, unfinished: int) -> None:
-        if unfinished > self._max:
+    def _check(self, length: int) -> None:
+        if length > self._max:
             raise MalformedBody(
-                f"a record longer than {self._max:,} characters (a line never ends, or a "
-                "quoted field is never closed)"
+                f"a record longer than {self._max:,} characters (feeds_max_record_bytes)"
             )
 
     def close(self) -> list[dict[str, str] | BadRow]:
@@ -704,9 +707,10 @@ class Fetcher:
     async def _later_pages_unchanged(self) -> bool:
         """Whether every remembered page after the first answers 304.
 
-        A page that cannot be asked (gone, refused, failing) is not known to be unchanged:
-        the feed is read again from page 1, whose links lead wherever the pages are now
-        (a remembered link may be a cursor the server has since let go).
+        A page the server no longer has (a 4xx: gone, not found, refused) is not known to
+        be unchanged: the feed is read again from page 1, whose links lead wherever the
+        pages are now (a remembered link may be a cursor the server has since let go).
+        Trouble that passes (timeouts, 5xx, 429) fails the run as on any page.
         """
         for number, (url, etag, last_modified) in enumerate(self.target.next_pages, start=2):
             try:
@@ -714,6 +718,9 @@ class Fetcher:
                     url, _conditional(etag, last_modified), number, read=self._probe
                 )
             except FeedError as exc:
+                status = exc.http_status or 0
+                if not 400 <= status < 500 or status == 429 or exc.retry_after is not None:
+                    raise  # trouble that a full read would meet again (and retry again)
                 log.info("feed %s: %s; reading it in full", self.target.name, exc.reason)
                 return False
             if not page.not_modified:

@@ -2,10 +2,10 @@
 
 While a feed is fetched, validated records go to a scratch file on disk (no transaction is
 open, memory holds the ids seen rather than the records); then ``apply_staged`` writes them
-in the run's one transaction, set-based: one upsert that inserts new pledges and rewrites
-changed ones (a content hash compared; unchanged rows are not touched), then the
-withdrawals as one statement. Services here take a session and never
-commit.
+in the run's one transaction, set-based: on a feed's first sync a plain INSERT of every
+record, else one upsert that inserts new pledges and rewrites changed ones (a content hash
+compared; unchanged rows are not touched), then the withdrawals as one statement.
+Services here take a session and never commit.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import msgspec
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from scheduler.csv_cells import csv_safe
+from scheduler.csv_safety import csv_safe
 from scheduler.models import Pledge
 
 PLEDGER_TYPES = ("member_state", "stakeholder", "un_system", "other")

@@ -338,7 +338,7 @@ async def test_pledges_are_public_and_filtered(api: Api, server: FeedServer) -> 
     # What the times mean is in the schema: last_seen_at is the last write, not the last run.
     schema = (await api.client.get("/schema/openapi.json")).json()
     times = schema["components"]["schemas"]["PledgeOut"]["properties"]
-    assert "latest successful run" in times["last_seen_at"]["description"]
+    assert "older than the feed's latest successful run" in times["last_seen_at"]["description"]
     assert times["first_seen_at"]["description"] and times["withdrawn_at"]["description"]
 
     def ids(page: dict[str, Any]) -> list[str]:

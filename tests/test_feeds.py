@@ -224,8 +224,8 @@ async def test_a_paged_feed_changed_further_on_is_read_again_in_full(
 async def test_a_remembered_page_that_cannot_be_asked_means_a_full_read(
     db: Database, settings: Settings, server: FeedServer
 ) -> None:
-    """A later page whose check fails (its link expired: 410) does not fail the run, nor
-    every run after it: the feed is read again from page 1."""
+    """A later page the server no longer has (its link expired: 410) does not fail the
+    run, nor every run after it: the feed is read again from page 1."""
     feed_id = await make_feed(db, server.url("/pledges.json"))
     assert (await sync(db, settings, feed_id)).new == 12
     server.fault("status", page=2, status=410, times=1)
@@ -237,6 +237,15 @@ async def test_a_remembered_page_that_cannot_be_asked_means_a_full_read(
     server.forget()
     assert (await sync(db, settings, feed_id)).outcome == "not_modified"
     assert [s.query.get("page", "1") for s in server.seen] == ["1", "2", "3"]
+
+    # Trouble that passes is no reason to read it all: it fails the run, retried once only.
+    before = await snapshot(db)
+    server.fault("status", page=2, status=503, times=-1)
+    server.forget()
+    run = await sync(db, settings, feed_id)
+    assert (run.outcome, run.error) == ("failed", "page 2: HTTP 503 (gave up after 3 attempts)")
+    assert [s.query.get("page", "1") for s in server.seen] == ["1", "2", "2", "2"]
+    assert await snapshot(db) == before
 
 
 async def test_a_feed_that_suddenly_sends_nothing_withdraws_nothing(
@@ -260,6 +269,18 @@ async def test_a_feed_that_suddenly_sends_nothing_withdraws_nothing(
     server.set_records([])
     empty = await make_feed(db, server.url("/all.json"))
     assert counts(await sync(db, settings, empty)) == (0, 0, 0, 0, 0)
+
+    # Every pledge withdrawn (as an empty source did before this guard): the feed is not
+    # new, so they come back as updated, through the upsert, never as a second copy.
+    async with db.writer.begin() as session:
+        await session.execute(
+            update(Pledge).where(Pledge.feed_id == table).values(withdrawn_at=utc_now())
+        )
+    server.set_records([*RECORDS[:11], pledge(11, status="fulfilled")])  # not a 304
+    back = await sync(db, settings, table)
+    assert (back.outcome, counts(back)) == ("success", (0, 12, 0, 0, 0))
+    active = (await pledges_by_id(db)).values()
+    assert sum(1 for p in active if p.feed_id == table and p.withdrawn_at is None) == 12
 
 
 async def test_a_paged_feed_without_validators_on_every_page_is_read_in_full(
@@ -328,9 +349,10 @@ async def test_the_change_hook_hears_of_runs_that_changed_pledges_only(
         process_id = await session.scalar(select(Feed.process_id).where(Feed.id == feed_id))
     heard: list[tuple[int, int]] = []
 
-    async def hook(changed: int) -> None:
+    async def hook(changed_process: int) -> None:
         async with db.reader() as session:  # after the commit: the run's pledges are there
-            heard.append((changed, await session.scalar(select(func.count(Pledge.id))) or 0))
+            count = await session.scalar(select(func.count(Pledge.id)))
+            heard.append((changed_process, count or 0))
 
     first = await sync(db, settings, feed_id, after_change=hook)
     assert first.new == 12 and heard == [(process_id, 12)]
@@ -339,7 +361,7 @@ async def test_the_change_hook_hears_of_runs_that_changed_pledges_only(
     assert (await sync(db, settings, feed_id, after_change=hook)).withdrawn == 1
     assert heard == [(process_id, 12), (process_id, 12)]  # withdrawn, not deleted
 
-    async def broken(changed: int) -> None:
+    async def broken(changed_process: int) -> None:
         raise RuntimeError("the dashboard is down")
 
     server.set_records(RECORDS)
@@ -660,7 +682,7 @@ async def test_malformed_bodies_end_the_run_without_retrying(
     # Memory holds one unfinished record at most: a line that never ends, or a quote never
     # closed, is refused once it outgrows the record cap (not held up to the body cap).
     capped = settings.replace(feeds_max_record_bytes=1000)
-    refused = "page 1: malformed CSV: a record longer than 1,000 characters (a line never "
+    refused = "page 1: malformed CSV: a record longer than 1,000 characters"
     for body in (b"id,title\n1," + b"x" * 5000, b'id,title\n1,"' + b"x\n" * 3000):
         server.clear_faults()
         run = await failing_run_leaves_no_trace(

@@ -463,15 +463,23 @@ def test_broken_csv_bodies_are_refused() -> None:
         read_csv("id,id\n1,2\n")
 
 
-def test_an_unfinished_csv_record_is_held_up_to_the_record_cap() -> None:
+def test_a_csv_record_is_capped_however_the_body_arrives() -> None:
     """Fed in small chunks, a record that never ends is refused once it passes the cap,
-    with no more than the cap held; a long record that does end is read."""
+    with no more than the cap held; a record over the cap is refused whole in one chunk
+    or split across two, quoted or not; one under the cap is read."""
     for start in ("id,title\n1,", 'id,title\n1,"'):
         reader = CsvReader(max_record_chars=100)
         reader.feed(start)
         with pytest.raises(MalformedBody, match="longer than 100 characters"):
             for _ in range(100):
                 reader.feed("x\n" if '"' in start else "xx")
+    for long in ("1," + "y" * 150, '1,"' + "y\n" * 75 + '"'):
+        body = f"id,title\n{long}\n2,z\n"
+        for cut in (None, len(body) // 2):
+            reader = CsvReader(max_record_chars=100)
+            with pytest.raises(MalformedBody, match="longer than 100 characters"):
+                reader.feed(body[:cut]) + reader.feed(body[cut:] if cut else "")
+                reader.close()
     reader = CsvReader(max_record_chars=100)
     rows = reader.feed("id,title\n1," + "y" * 90) + reader.feed("\n2,z\n") + reader.close()
     assert rows == [{"id": "1", "title": "y" * 90}, {"id": "2", "title": "z"}]

@@ -202,7 +202,18 @@ async def ingest(db: Database, settings: Settings, feed_id: int) -> tuple[Any, f
 async def before_writing(settings: Settings, url: str, fmt: str, rounds: int = ROUNDS) -> float:
     """What an ingest pays before it writes (best of ``rounds``): the feed downloaded,
     parsed, validated and staged on disk, as a real sync does it, with no database."""
-    target = FeedTarget(0, 0, "bench", url, fmt, {}, "", "", "", "")
+    target = FeedTarget(
+        id=0,
+        process_id=0,
+        name="bench",
+        url=url,
+        format=fmt,
+        field_map={},
+        auth_header_name="",
+        auth_header_value="",
+        etag="",
+        last_modified="",
+    )
     best = float("inf")
     for _ in range(rounds):
         stager = Stager(settings.data_dir / "feeds", settings.feeds_batch_size)
@@ -227,7 +238,8 @@ async def least_paid(
     other index, no foreign key, no comparison) by the driver's fastest way (executemany
     on SQLite, COPY on PostgreSQL). Then both at once, as a design that writes during the
     download would at best: on SQLite the driver holds the interpreter's lock while it
-    binds each row, so the two take turns instead of overlapping."""
+    binds each row, so the two take turns instead of overlapping. Each best of ROUNDS, as
+    the floors are; by now the server has the edited feed (as many pledges)."""
     columns = ", ".join(PLEDGE_COLUMNS)
     validating = await before_writing(settings, url, "json")
     async with db.writer_engine.connect() as conn:
@@ -246,13 +258,11 @@ async def least_paid(
             "CREATE UNIQUE INDEX bench_bare_source ON bench_bare (feed_id, source_id)"
         )
 
-        async def write() -> float:
-            started = time.perf_counter()
+        async def write() -> None:
             if db.is_sqlite:
                 marks = ", ".join("?" * len(PLEDGE_COLUMNS))
                 await conn.exec_driver_sql(
-                    f"INSERT INTO bench_bare ({columns}) VALUES ({marks})",
-                    rows,
+                    f"INSERT INTO bench_bare ({columns}) VALUES ({marks})", rows
                 )
             else:
                 driver = (await conn.get_raw_connection()).driver_connection
@@ -260,13 +270,22 @@ async def least_paid(
                 await driver.copy_records_to_table(
                     "bench_bare", records=rows, columns=list(PLEDGE_COLUMNS)
                 )
+
+        async def timed_into_empty(*work: Awaitable[Any]) -> float:
+            # TRUNCATE on PostgreSQL: no dead rows left behind for the keys to meet.
+            empty = "DELETE FROM bench_bare" if db.is_sqlite else "TRUNCATE bench_bare"
+            await conn.exec_driver_sql(empty)
+            started = time.perf_counter()
+            await asyncio.gather(*work)
             return time.perf_counter() - started
 
-        writing = await write()
-        await conn.exec_driver_sql("DELETE FROM bench_bare")
-        started = time.perf_counter()
-        await asyncio.gather(write(), before_writing(settings, url, "json", rounds=1))
-        together = time.perf_counter() - started
+        writing = min([await timed_into_empty(write()) for _ in range(ROUNDS)])
+        together = min(
+            [
+                await timed_into_empty(write(), before_writing(settings, url, "json", rounds=1))
+                for _ in range(ROUNDS)
+            ]
+        )
         await conn.rollback()
     _, floor_s = floor
     print(f"  download and parse (the floor)                  {floor_s:6.2f} s")
@@ -345,6 +364,7 @@ async def routes_on(settings: Settings, process_id: int) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     async with AsyncTestClient(app=app, base_url="http://127.0.0.1:8000") as client:
         stats_url = f"/api/pledges/stats?process_id={process_id}"
+        await client.get("/health")  # the app's first request (cold) is not the stats'
 
         async def get(url: str, status: int = 200, **headers: str) -> httpx.Response:
             response = await client.get(url, headers=headers)
