@@ -167,6 +167,19 @@ def test_times_are_read_the_same_on_the_quick_path_and_the_careful_one(
         assert expected in refused(pledge(1, submitted_at=text)).reason
 
 
+def test_a_remembered_time_is_judged_against_each_runs_now() -> None:
+    """Times are remembered per run (its ``now``): the same text, fine today, is still
+    refused by a run whose clock says it lies in the future, and fine again after."""
+    text = "2026-06-02T11:00:00+01:00"
+    later, earlier = NOW, NOW - timedelta(days=30)
+    assert validate_record(pledge(1, submitted_at=text), PATHS, later).submitted_at == (
+        datetime(2026, 6, 2, 10, tzinfo=UTC)
+    )
+    with pytest.raises(BadRecord, match="in the future"):
+        validate_record(pledge(1, submitted_at=text), PATHS, earlier)
+    assert validate_record(pledge(1, submitted_at=text), PATHS, later).submitted_at is not None
+
+
 def test_objectives_and_matches_are_read_the_same_on_the_quick_path_and_the_careful_one() -> None:
     assert valid(pledge(1, objectives=[3, 3, 1])).objectives == [1, 3]
     assert valid(pledge(1, objectives="8;1;8")).objectives == [1, 8]
