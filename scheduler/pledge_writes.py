@@ -331,9 +331,9 @@ class _Writes:
         dialect = conn.dialect
         self.conn = conn
         self.target = target
-        self.when = _remembered(
-            _fast_or_exact(_processor(PLEDGES.c.submitted_at, dialect), _FAST_WHEN[dialect.name])
-        )
+        when = _fast_or_exact(_processor(PLEDGES.c.submitted_at, dialect), _FAST_WHEN[dialect.name])
+        # SQLite stores times as text, which costs a formatting each (PostgreSQL: none).
+        self.when = _remembered(when) if dialect.name == "sqlite" else when
         self.json = _processor(PLEDGES.c.objectives, dialect)
         # Feeds repeat a few hundred objective lists: each is encoded once per run.
         self._objective_columns: dict[tuple[int, ...], tuple[Any, int]] = {}
