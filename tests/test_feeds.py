@@ -450,6 +450,39 @@ async def test_a_run_writes_only_what_changed_and_keeps_objectives_in_step(
     assert (await objective_masks(db))["P-000004"] == [23]
 
 
+async def test_many_pledges_go_many_to_a_statement_in_feed_order(
+    db: Database, settings: Settings
+) -> None:
+    """Pages of 300, a batch each: on SQLite a statement of 200 rows and one of the rest
+    (on PostgreSQL, COPY). Every row lands, in feed order, on a first sync and an upsert."""
+    records = [pledge(i) for i in range(1000)]
+    many = settings.replace(feeds_max_bytes=5_000_000)
+    with FeedServer(records, page_size=300) as server:
+        feed_id = await make_feed(db, server.url("/pledges.json"))
+        first = await sync(db, many, feed_id)
+        assert (first.outcome, counts(first)) == ("success", (1000, 0, 0, 0, 0))
+        stored = await pledges_by_id(db)
+        ids = [stored[r["id"]].id for r in records]
+        assert ids == list(range(ids[0], ids[0] + 1000))  # feed order, no gaps
+        assert stored["P-000999"].title == records[999]["title"]
+        assert await objective_masks(db) == {r["id"]: r["objectives"] for r in records}
+
+        edited = [
+            pledge(i, title=f"Edited {i}") if i % 3 == 0 else pledge(i)
+            for i in range(10, 1200)  # 0-9 gone, 1000-1199 new
+        ]
+        server.set_records(edited)
+        again = await sync(db, many, feed_id)
+        assert counts(again) == (200, 330, 660, 10, 0)
+        stored = await pledges_by_id(db)
+        assert {r["id"]: r["title"] for r in edited} == {
+            sid: p.title for sid, p in stored.items() if p.withdrawn_at is None
+        }
+        assert [stored[f"P-{i:06d}"].id for i in range(1000, 1200)] == list(
+            range(ids[-1] + 1, ids[-1] + 201)
+        )
+
+
 async def test_a_failure_while_writing_leaves_nothing_behind(
     db: Database, settings: Settings, server: FeedServer
 ) -> None:

@@ -13,7 +13,10 @@ from itertools import pairwise
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from msgspec.structs import astuple
 
 from scheduler import feeds
@@ -29,18 +32,22 @@ from scheduler.pledge_feed import (
     retry_after_seconds,
     retry_delay,
 )
-from scheduler.pledge_writes import Quarantined, Stager, _remembered, quarantined_json
+from scheduler.pledge_writes import Quarantined, Stager, _Memo, quarantined_json
 from scheduler.pledges import (
     CSV_COLUMNS,
+    SOURCE_NAMES,
     BadRecord,
+    NotPlain,
     PledgeRecord,
     check_field_map,
     content_hash,
     csv_cells,
     field_paths,
+    plain_record_type,
     record_type,
     source_id_of,
     validate_fields,
+    validate_plain,
     validate_record,
 )
 from tests.feed_server import csv_body, pledge
@@ -656,20 +663,154 @@ def test_retry_timing() -> None:
     assert retry_after_seconds(None, NOW) is None
 
 
-def test_remembered_times_are_converted_once_and_stay_right() -> None:
-    """Equal instants in any zone are one key (and one stored value); None passes; past
-    the cap every value is still converted, just not kept."""
+def test_remembered_conversions_are_made_once_and_stay_right() -> None:
+    """Equal instants in any zone are one key (and one value); None passes; past the cap
+    the memory starts again, and every value is still converted right."""
     calls: list[Any] = []
 
     def convert(value: Any) -> Any:
         calls.append(value)
         return None if value is None else value.astimezone(UTC).isoformat()
 
-    when = _remembered(convert)
+    memo = _Memo(convert)
     noon = datetime(2026, 5, 12, 12, 0, tzinfo=UTC)
     same_in_paris = datetime(2026, 5, 12, 14, 0, tzinfo=timezone(timedelta(hours=2)))
-    assert when(noon) == when(same_in_paris) == when(noon) == "2026-05-12T12:00:00+00:00"
-    assert when(None) is None and when(None) is None
-    assert calls == [noon, None]
+    assert memo.each([noon, same_in_paris, None, noon]) == [
+        "2026-05-12T12:00:00+00:00",
+        "2026-05-12T12:00:00+00:00",
+        None,
+        "2026-05-12T12:00:00+00:00",
+    ]
+    assert memo.each((None, same_in_paris)) == [None, "2026-05-12T12:00:00+00:00"]
+    assert sorted(calls, key=str) == sorted([noon, None], key=str)
     many = [noon + timedelta(seconds=n) for n in range(10_005)]
-    assert [when(t) for t in many] == [convert(t) for t in many]
+    for start in range(0, 10_005, 1000):
+        part = many[start : start + 1000]
+        assert memo.each(part) == [convert(t) for t in part]
+    assert len(memo.kept) <= 10_000
+
+
+# --- The plain path: a page in the common form, validated column by column ---------------
+
+PLAIN = plain_record_type(PATHS)
+PLAIN_PAGE = msgspec.json.Decoder(list[PLAIN])  # type: ignore[valid-type]
+LENIENT_PAGE = msgspec.json.Decoder(list[record_type(PATHS)])  # type: ignore[misc]
+
+
+def plain_or_none(raws: list[Any]) -> list[PledgeRecord] | None:
+    """What the plain path gives for a page, or None when it leaves the page to the
+    record-by-record checks (the read refuses it, or validate_plain does)."""
+    text = json.dumps(raws)
+    try:
+        rows = PLAIN_PAGE.decode(text)
+    except msgspec.DecodeError:
+        return None
+    try:
+        return validate_plain(rows, NOW)
+    except NotPlain:
+        return None
+
+
+def record_by_record(raws: list[Any]) -> list[PledgeRecord] | None:
+    """The record-by-record checks on the same page; None when any record is refused."""
+    try:
+        return [validate_fields(astuple(row), NOW) for row in LENIENT_PAGE.decode(json.dumps(raws))]
+    except BadRecord:
+        return None
+
+
+def test_a_plain_page_gives_exactly_what_the_record_checks_give() -> None:
+    page = [pledge(i) for i in range(200)]
+    page[3]["title"] = "  spaced out  "
+    page[4] = {key: value for key, value in page[4].items() if key not in ("region", "url")}
+    page[5]["submitted_at"] = None
+    page[6]["country"] = None
+    page[7]["objectives"] = [5, 5, 2]
+    page[8]["status"] = " Fulfilled "
+    page[10]["note"] = "an unknown field"
+    got = plain_or_none(page)
+    assert got is not None and got == record_by_record(page)
+    assert [r.content_hash for r in got] == [content_hash(r) for r in got]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", 7),  # a number: the record checks make it text
+        ("id", "   "),
+        ("title", None),
+        ("pledger_type", "UN"),  # an alias
+        ("country", "ken"),  # lower case: the record checks read it
+        ("pledge_type", "Single"),
+        ("matches", "P-000001"),  # on a pledge that is not a matching one
+        ("objectives", "3;17"),
+        ("objectives", [24]),
+        ("objectives", [True]),
+        ("submitted_at", "2026-05-05"),  # a bare date
+        ("submitted_at", "2026-05-05T10:00:00"),  # no offset
+        ("submitted_at", "2099-01-01T00:00:00Z"),  # in the future
+        ("url", "ftp://example.org/p"),
+        ("title", "x" * 501),
+    ],
+)
+def test_a_page_with_one_record_out_of_the_common_form_is_checked_record_by_record(
+    field: str, value: Any
+) -> None:
+    page = [pledge(i) for i in range(5)]
+    page[2] = {**page[2], field: value}
+    assert plain_or_none(page) is None
+    assert plain_or_none(page[:2] + page[3:]) == record_by_record(page[:2] + page[3:])
+
+
+def test_a_member_state_without_a_country_and_a_pledge_matching_itself_are_left_to_the_checks() -> (
+    None
+):
+    for changes in (
+        {"country": ""},
+        {"pledge_type": "matching", "matches": "P-000000"},
+        {"pledge_type": "matching", "matches": " "},
+    ):
+        page = [pledge(0, **changes), pledge(1)]
+        assert plain_or_none(page) is None and record_by_record(page) is None
+
+
+_TEXT = st.text(alphabet=st.sampled_from(" \t aZé-_;:/.0123456789"), max_size=12)
+# Spellings from the common form, the aliases and the errors, to mix into records.
+_SPELLINGS = [
+    "member_state", "stakeholder", "un_system", "other", "UN", " other",
+    "single", "common", "partnership", "matching",
+    "financial", "human_resource", "process", "policy", "Policy",
+    "KEN", "ken", "KE", "", "P-000001", "P-000002 ",
+    "https://x.org/p", " http://x.org ", "ftp://x",
+    "2026-05-05T10:00:00Z", "2026-05-05T10:00:00+02:00", "2026-05-05",
+    "2026-05-05T10:00:00", "1899-12-31T23:00:00Z", "2026-06-02T12:00:00Z",
+    "2026-06-02T13:00:00+00:00", " 2026-05-05T10:00:00Z",
+    "3;17", "x" * 201,
+]  # fmt: skip
+_ANY_VALUE = st.one_of(
+    st.none(),
+    _TEXT,
+    st.integers(-2, 30),
+    st.booleans(),
+    st.lists(st.integers(-1, 25), max_size=3),
+    st.sampled_from(_SPELLINGS),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(list(SOURCE_NAMES.values())), _ANY_VALUE, max_size=2),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_the_plain_path_never_accepts_what_the_record_checks_judge_otherwise(
+    changes: list[dict[str, Any]],
+) -> None:
+    """Each record a page of its own (about a third are taken), then all of them."""
+    page = [{**pledge(i), **change} for i, change in enumerate(changes)]
+    for one in [[record] for record in page] + [page]:
+        got = plain_or_none(one)
+        if got is not None:
+            assert got == record_by_record(one)
