@@ -37,7 +37,7 @@ from scheduler.models import (
     utc_now,
 )
 from scheduler.pledge_feed import FeedRunner
-from scheduler.pledges import objectives_in
+from scheduler.pledges import field_paths, objectives_in, validate_record
 from scheduler.settings import Settings
 from tests.conftest import base_settings
 from tests.feed_server import FeedServer, pledge
@@ -934,6 +934,32 @@ async def test_a_quarantined_record_keeps_the_whole_object_it_came_as(
     assert shown is not None and shown.reason.startswith("record 7: form:")
     assert shown.record == odd
     assert sorted(await pledges_by_id(db)) == [r["id"] for r in RECORDS if r["id"] != "P-000006"]
+
+
+async def test_a_page_read_whole_but_not_valid_as_it_stands_is_checked_record_by_record(
+    db: Database, settings: Settings, server: FeedServer
+) -> None:
+    """Every record of page 1 is in the common form, so the page reads into the plain type,
+    but one is a member state without a country: the page goes through the record checks,
+    which quarantine that one (whole) and keep the rest, as on any other page."""
+    stateless = {**pledge(4, country=""), "note": "a field nobody asked for"}
+    server.set_records([*RECORDS[:4], stateless, *RECORDS[5:]])  # page 1 of 3: 0-4
+    feed_id = await make_feed(db, server.url("/pledges.json"))
+    run = await sync(db, settings, feed_id)
+    assert (run.outcome, counts(run)) == ("success", (11, 0, 0, 0, 1))
+    async with db.reader() as session:
+        shown = await session.scalar(select(QuarantinedRecord))
+    assert shown is not None and shown.reason == (
+        "record 5: country: required for a member state (ISO 3166-1 alpha-3)"
+    )
+    assert shown.record == stateless
+    stored = await pledges_by_id(db)
+    assert sorted(stored) == [r["id"] for r in RECORDS if r["id"] != "P-000004"]
+    assert stored["P-000005"].content_hash == valid_hash(RECORDS[5])
+
+
+def valid_hash(record: dict[str, Any]) -> str:
+    return validate_record(record, field_paths({}, nested=True), utc_now()).content_hash
 
 
 async def test_hosts_off_the_allow_list_are_never_asked(
