@@ -43,6 +43,7 @@ from scheduler.models import Feed, FeedRun, utc_now
 from scheduler.pledge_writes import (
     Counts,
     Quarantined,
+    RowForm,
     Stager,
     any_stored,
     apply_staged,
@@ -1131,7 +1132,8 @@ class FeedRunner:
             async with self.db.reader() as session:
                 return await any_stored(session, feed_id)
 
-        stager = Stager(s.data_dir / "feeds", s.feeds_batch_size, known)
+        form = RowForm(self.db.writer_engine.dialect, claim.target, claim.started_at)
+        stager = Stager(s.data_dir / "feeds", s.feeds_batch_size, form, known)
         try:
             try:
                 fetched = await self._fetch(claim, lease, stager, progress, on_progress)

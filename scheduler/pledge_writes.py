@@ -27,6 +27,7 @@ from typing import IO, Any, cast
 import msgspec
 from msgspec.structs import astuple
 from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from scheduler import answer_cache
@@ -72,23 +73,31 @@ class _Mark:
 
 # The stored content hashes of the feed's pledges (not withdrawn) with some ids.
 Known = Callable[[list[str]], Awaitable[dict[str, str]]]
+# One pledge as the database takes it: the values of ``_ROW``, in order.
+Row = tuple[Any, ...]
+# Times come back from msgpack as the aware datetimes they went in as (PostgreSQL's form).
+_ROWS = msgspec.msgpack.Decoder(list[Row])
 
 
 class Stager:
     """Validated records on their way to the database, in a scratch file on disk.
 
-    Good records and quarantined ones go to two files in msgpack frames of one batch each;
-    a page that must be fetched again is rewound to the mark taken before it. Before a
-    batch is written, ``known`` (when given) says which of its records are stored already
-    with the same content: those are counted as unchanged and go no further, so an
-    unchanged feed costs a lookup per batch and no writes.
+    Good records and quarantined ones go to two files in msgpack frames of one batch each,
+    the good ones as the rows the database takes (``form``: converted while the run's
+    repeated times are still shared objects, a lookup each, and no step per record is left
+    for the writing); a page that must be fetched again is rewound to the mark taken
+    before it. Before a batch is written, ``known`` (when given) says which of its
+    records are stored already with the same content: those are counted as unchanged and
+    go no further, so an unchanged feed costs a lookup per batch and no writes.
 
     The ids seen stay in memory (about 100 bytes each): a record whose id an earlier good
     record had is set aside here (the first one wins), so the writes never meet a
     duplicate; and every id seen, readable record or not, is one the run does not withdraw.
     """
 
-    def __init__(self, directory: Path | None, batch_size: int, known: Known | None = None) -> None:
+    def __init__(
+        self, directory: Path | None, batch_size: int, form: RowForm, known: Known | None = None
+    ) -> None:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
         # Closed by close(); deleted by the OS even if the process dies.
@@ -97,6 +106,7 @@ class Stager:
         self._good: list[PledgeRecord] = []
         self._bad: list[Quarantined] = []
         self._batch = batch_size
+        self.form = form
         self._known = known
         self._encoder = msgspec.msgpack.Encoder()
         self._ids: set[str] = set()  # of good records
@@ -159,7 +169,7 @@ class Stager:
                 fresh = [r for r in good if get(r.source_id) != r.content_hash]
                 self.unchanged += len(good) - len(fresh)
                 good = fresh
-        for items, file in ((good, self._good_file), (self._bad, self._bad_file)):
+        for items, file in ((self.form.rows(good), self._good_file), (self._bad, self._bad_file)):
             if items:
                 data = self._encoder.encode(items)
                 file.write(_FRAME.pack(len(data)))
@@ -194,10 +204,10 @@ class Stager:
         self.good, self.unchanged = mark.good, mark.unchanged
         self.bad, self.bad_without_id = mark.bad, mark.bad_without_id
 
-    async def batches(self) -> Iterator[list[PledgeRecord]]:
-        """The records to write (all flushed first)."""
+    async def batches(self) -> Iterator[list[Row]]:
+        """The rows to write (all flushed first)."""
         await self.flush()
-        return self._frames(self._good_file, msgspec.msgpack.Decoder(list[PledgeRecord]))
+        return self._frames(self._good_file, _ROWS)
 
     async def quarantined(self) -> Iterator[list[Quarantined]]:
         await self.flush()
@@ -335,23 +345,18 @@ _MANY_CHANGES = 5000
 # 3.32, 999 before): a first sync of 100,000 pledges writes in about 0.52 s instead of 0.77.
 _ROWS_PER_STATEMENT = 200 if sqlite3.sqlite_version_info >= (3, 32) else 999 // len(_ROW)
 _KEPT = 10_000  # converted values a run remembers, of each kind
+_TITLE = _ROW.index("title")
 
 
-class _Writes:
-    """SQLite: the run's records as prepared INSERTs of many rows each (an upsert after
-    the first sync).
+class RowForm:
+    """A run's records as the rows the database takes (``_ROW``): the feed and process
+    first, the run's mark last, times and objectives as their column types give them.
 
     The only conversions are the ones the column types make (UTC datetimes, JSON), checked
-    at start to give exactly what those types give; the table and column names in the SQL
-    text are the model's own, every value is a parameter. A row the run writes gets
-    ``last_seen_at`` = the run's mark (and a new one ``first_seen_at`` too): that is how
-    the statements after the upsert find this run's rows without sending their ids back.
+    at start to give exactly what those types give.
     """
 
-    def __init__(self, conn: AsyncConnection, target: FeedTarget, mark: datetime) -> None:
-        dialect = conn.dialect
-        self.conn = conn
-        self.target = target
+    def __init__(self, dialect: Dialect, target: FeedTarget, mark: datetime) -> None:
         self.when = _fast_or_exact(
             _processor(PLEDGES.c.submitted_at, dialect), _FAST_WHEN[dialect.name]
         )
@@ -360,20 +365,16 @@ class _Writes:
         self.json = _processor(PLEDGES.c.objectives, dialect)
         # Feeds repeat a few hundred objective lists: each is encoded once per run.
         self._objectives = _Memo(self._objective_columns)
+        self.feed, self.process = target.id, target.process_id
         self.mark = self.when(mark)
-        q = dialect.identifier_preparer.quote
-        self.q = q
-        self.pledges = q(PLEDGES.name)
-        self.sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in _DATA)
-        self._statements: dict[tuple[int, str], str] = {}
 
     def _objective_columns(self, objectives: tuple[int, ...]) -> tuple[Any, int]:
         """The ``objectives`` and ``objective_mask`` values of one record."""
         return self.json(list(objectives)), objective_mask(objectives)
 
-    def rows(self, batch: list[PledgeRecord]) -> list[tuple[Any, ...]]:
-        """The batch as rows of ``_ROW``, built column by column (C loops, no Python step
-        per record: 100,000 rows in about 0.1 s instead of 0.3)."""
+    def rows(self, batch: list[PledgeRecord]) -> list[Row]:
+        """The batch as rows, built column by column (C loops, no Python step per record:
+        100,000 rows in about 0.1 s)."""
         if not batch:
             return []
         n = len(batch)
@@ -383,16 +384,36 @@ class _Writes:
         times: Callable[[Sequence[Any]], Iterable[Any]] = (
             self._times.each if self._times is not None else partial(map, self.when)
         )
-        feed, process, mark = self.target.id, self.target.process_id, self.mark
         return list(
             zip(
-                repeat(feed, n), repeat(process, n),
+                repeat(self.feed, n), repeat(self.process, n),
                 sid, title, name, ptype, country, region, kind, matches, form, listed, mask,
                 status, times(submitted), times(updated), url, digest,
-                repeat(mark, n), repeat(mark, n),
+                repeat(self.mark, n), repeat(self.mark, n),
                 strict=True,
             )
         )  # fmt: skip
+
+
+class _Writes:
+    """SQLite: the run's records as prepared INSERTs of many rows each (an upsert after
+    the first sync).
+
+    The table and column names in the SQL text are the model's own, every value is a
+    parameter. A row the run writes gets
+    ``last_seen_at`` = the run's mark (and a new one ``first_seen_at`` too): that is how
+    the statements after the upsert find this run's rows without sending their ids back.
+    """
+
+    def __init__(self, conn: AsyncConnection, target: FeedTarget, form: RowForm) -> None:
+        self.conn = conn
+        self.target = target
+        self.mark = form.mark
+        q = conn.dialect.identifier_preparer.quote
+        self.q = q
+        self.pledges = q(PLEDGES.name)
+        self.sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in _DATA)
+        self._statements: dict[tuple[int, str], str] = {}
 
     async def any_pledge(self) -> bool:
         """Whether the feed has any pledge, withdrawn ones too."""
@@ -401,12 +422,12 @@ class _Writes:
         )
         return found is not None
 
-    async def insert(self, batches: Iterable[list[PledgeRecord]]) -> tuple[int, list[str]]:
+    async def insert(self, batches: Iterable[list[Row]]) -> tuple[int, list[str]]:
         """A first sync: every record is a new pledge (the stager keeps one per id), so
         a plain INSERT; how many, and the first titles, are known without asking."""
         return await self._each_batch("", batches)
 
-    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
+    async def upsert(self, batches: Iterable[list[Row]]) -> None:
         """New pledges inserted; changed or withdrawn ones rewritten; the rest untouched."""
         q = self.q
         on_conflict = (
@@ -418,19 +439,18 @@ class _Writes:
         await self._each_batch(on_conflict, batches)
 
     async def _each_batch(
-        self, on_conflict: str, batches: Iterable[list[PledgeRecord]]
+        self, on_conflict: str, batches: Iterable[list[Row]]
     ) -> tuple[int, list[str]]:
         """Every row inserted (``on_conflict`` after each statement); how many rows, and
         the first titles."""
         written = 0
         titles: list[str] = []
-        # While the database thread writes one batch, this one reads and converts the next.
+        # While the database thread writes one batch, this one reads the next.
         writing: asyncio.Future[Any] | None = None
         try:
-            for batch in batches:
-                rows = self.rows(batch)
+            for rows in batches:
                 written += len(rows)
-                _first_titles(titles, batch)
+                _first_titles(titles, rows)
                 if writing is not None:
                     await writing
                 writing = asyncio.ensure_future(self._insert_rows(rows, on_conflict))
@@ -440,7 +460,7 @@ class _Writes:
                 await writing
         return written, titles
 
-    async def _insert_rows(self, rows: list[tuple[Any, ...]], on_conflict: str) -> None:
+    async def _insert_rows(self, rows: list[Row], on_conflict: str) -> None:
         """``rows`` as INSERTs of up to _ROWS_PER_STATEMENT rows each, in their order."""
         per = _ROWS_PER_STATEMENT
         whole = len(rows) - len(rows) % per
@@ -513,8 +533,8 @@ class _PostgresWrites(_Writes):
     and lock the unchanged ones.
     """
 
-    def __init__(self, conn: AsyncConnection, target: FeedTarget, mark: datetime) -> None:
-        super().__init__(conn, target, mark)
+    def __init__(self, conn: AsyncConnection, target: FeedTarget, form: RowForm) -> None:
+        super().__init__(conn, target, form)
         self._types = {c.name: c.type.compile(dialect=conn.dialect) for c in PLEDGES.columns}
 
     async def _copy(self, table: str, columns: dict[str, str], records: Iterable[Any]) -> None:
@@ -537,29 +557,29 @@ class _PostgresWrites(_Writes):
         assert raw.driver_connection is not None
         return raw.driver_connection
 
-    async def insert(self, batches: Iterable[list[PledgeRecord]]) -> tuple[int, list[str]]:
+    async def insert(self, batches: Iterable[list[Row]]) -> tuple[int, list[str]]:
         # Straight into the table, in feed order: no id to collide with.
         driver = await self._driver()
         written = 0
         titles: list[str] = []
 
-        def rows() -> Iterator[tuple[Any, ...]]:
+        def rows() -> Iterator[Row]:
             nonlocal written
             for batch in batches:
                 written += len(batch)
                 _first_titles(titles, batch)
-                yield from self.rows(batch)
+                yield from batch
 
         await driver.copy_records_to_table(PLEDGES.name, records=rows(), columns=_ROW)
         return written, titles
 
-    async def upsert(self, batches: Iterable[list[PledgeRecord]]) -> None:
+    async def upsert(self, batches: Iterable[list[Row]]) -> None:
         q, types = self.q, self._types
 
-        def records() -> Iterator[tuple[Any, ...]]:
+        def records() -> Iterator[Row]:
             position = 0
             for batch in batches:
-                for row in self.rows(batch):
+                for row in batch:
                     position += 1
                     yield (position, *row[2:-2])
 
@@ -640,10 +660,10 @@ def _kinds(counted: Sequence[Any], titles: Sequence[str]) -> tuple[int, int, lis
     return by_kind.get(True, 0), by_kind.get(False, 0), [t[:200] for t in titles]
 
 
-def _first_titles(titles: list[str], batch: list[PledgeRecord]) -> None:
+def _first_titles(titles: list[str], batch: list[Row]) -> None:
     """``titles`` filled up to the digest's few from ``batch`` (a first sync's, in order)."""
     if len(titles) < _DIGEST_TITLES:
-        titles.extend(r.title[:200] for r in batch[: _DIGEST_TITLES - len(titles)])
+        titles.extend(row[_TITLE][:200] for row in batch[: _DIGEST_TITLES - len(titles)])
 
 
 def _processor(column: Any, dialect: Any) -> Callable[[Any], Any]:
@@ -725,7 +745,7 @@ async def apply_staged(
     counts = Counts()
     connection = await session.connection()
     postgres = connection.dialect.name == "postgresql"
-    writes = (_PostgresWrites if postgres else _Writes)(connection, target, mark)
+    writes = (_PostgresWrites if postgres else _Writes)(connection, target, stager.form)
     first = not await writes.any_pledge()
     if first:
         counts.new, counts.titles = await writes.insert(await stager.batches())

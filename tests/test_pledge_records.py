@@ -18,9 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import astuple
+from sqlalchemy.dialects import sqlite
 
 from scheduler import feeds
 from scheduler.errors import Invalid
+from scheduler.feeds import FeedTarget
 from scheduler.pledge_feed import (
     BadRow,
     CsvReader,
@@ -32,7 +34,7 @@ from scheduler.pledge_feed import (
     retry_after_seconds,
     retry_delay,
 )
-from scheduler.pledge_writes import Quarantined, Stager, _Memo, quarantined_json
+from scheduler.pledge_writes import Quarantined, RowForm, Stager, _Memo, quarantined_json
 from scheduler.pledges import (
     CSV_COLUMNS,
     SOURCE_NAMES,
@@ -517,8 +519,15 @@ def test_the_test_servers_csv_reads_back_as_valid_pledges() -> None:
 # --- The scratch file ---------------------------------------------------------------------
 
 
+FORM = RowForm(
+    sqlite.dialect(),
+    FeedTarget(7, 3, "feed", "https://example.org/f", "json", {}, "", "", "", ""),
+    NOW,
+)
+
+
 async def test_the_stager_keeps_batches_and_rewinds_a_page(tmp_path: Any) -> None:
-    stager = Stager(tmp_path, batch_size=3)
+    stager = Stager(tmp_path, batch_size=3, form=FORM)
     try:
         for i in range(5):
             stager.add(valid(pledge(i)))
@@ -534,8 +543,10 @@ async def test_the_stager_keeps_batches_and_rewinds_a_page(tmp_path: Any) -> Non
         assert (stager.good, stager.bad, stager.bad_without_id) == (5, 1, 1)
         stager.add(valid(pledge(99)))
         stager.add(valid(pledge(7)))  # seen before the rewind only: not a duplicate
-        got = [r.source_id for batch in await stager.batches() for r in batch]
+        rows = [row for batch in await stager.batches() for row in batch]
+        got = [row[2] for row in rows]
         assert got == [f"P-{i:06d}" for i in (0, 1, 2, 3, 4, 99, 7)]
+        assert rows[0] == FORM.rows([valid(pledge(0))])[0]  # as the database takes it
         assert [q.reason for items in await stager.quarantined() for q in items] == ["id: missing"]
         assert sorted(stager.seen()) == sorted(got)  # P-X went with its page
     finally:
@@ -550,7 +561,7 @@ async def test_the_stager_sets_duplicates_aside_and_skips_what_is_stored(tmp_pat
         asked.append(source_ids)
         return {i: stored[i] for i in source_ids if i in stored}
 
-    stager = Stager(tmp_path, batch_size=2, known=known)
+    stager = Stager(tmp_path, batch_size=2, form=FORM, known=known)
     try:
         stager.add_bad(Quarantined(1, "P-000003", "form: missing", "{}"))
         for raw in (pledge(0), pledge(1), pledge(2), pledge(0, title="Copy 0"), pledge(3)):
@@ -558,7 +569,7 @@ async def test_the_stager_sets_duplicates_aside_and_skips_what_is_stored(tmp_pat
             if stager.full:
                 await stager.flush()
         assert (stager.good, stager.bad) == (4, 2)
-        written = [r.source_id for batch in await stager.batches() for r in batch]
+        written = [row[2] for batch in await stager.batches() for row in batch]
         # P-000001 is stored as it is: counted, not written; P-000002 changed.
         assert written == ["P-000000", "P-000002", "P-000003"] and stager.unchanged == 1
         assert asked == [["P-000000", "P-000001"], ["P-000002", "P-000003"]]

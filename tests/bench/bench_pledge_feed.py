@@ -54,7 +54,7 @@ from scheduler.database import Database, open_database
 from scheduler.feeds import FeedCreate, FeedTarget
 from scheduler.models import Pledge, Process, utc_now
 from scheduler.pledge_feed import FeedClient, FeedRunner, Fetcher, FetchPolicy, Progress
-from scheduler.pledge_writes import Stager
+from scheduler.pledge_writes import RowForm, Stager
 from scheduler.schema import migrate
 from scheduler.settings import Settings
 from tests.live_server import fresh_database
@@ -200,7 +200,9 @@ async def ingest(db: Database, settings: Settings, feed_id: int) -> tuple[Any, f
     return run, elapsed, applying
 
 
-async def before_writing(settings: Settings, url: str, fmt: str, rounds: int = ROUNDS) -> float:
+async def before_writing(
+    db: Database, settings: Settings, url: str, fmt: str, rounds: int = ROUNDS
+) -> float:
     """What an ingest pays before it writes (best of ``rounds``): the feed downloaded,
     parsed, validated and staged on disk, as a real sync does it, with no database."""
     target = FeedTarget(
@@ -217,7 +219,8 @@ async def before_writing(settings: Settings, url: str, fmt: str, rounds: int = R
     )
     best = float("inf")
     for _ in range(rounds):
-        stager = Stager(settings.data_dir / "feeds", settings.feeds_batch_size)
+        form = RowForm(db.writer_engine.dialect, target, utc_now())
+        stager = Stager(settings.data_dir / "feeds", settings.feeds_batch_size, form)
         client = FeedClient(FetchPolicy.from_settings(settings))
         started = time.perf_counter()
         try:
@@ -242,7 +245,7 @@ async def least_paid(
     binds each row, so the two take turns instead of overlapping. Each best of ROUNDS, as
     the floors are; by now the server has the edited feed (as many pledges)."""
     columns = ", ".join(PLEDGE_COLUMNS)
-    validating = await before_writing(settings, url, "json")
+    validating = await before_writing(db, settings, url, "json")
     async with db.writer_engine.connect() as conn:
         rows = [
             # JSON as text, as the driver takes it back (asyncpg hands it over decoded).
@@ -293,7 +296,7 @@ async def least_paid(
         writing = min([await timed_into_empty(write()) for _ in range(ROUNDS)])
         together = min(
             [
-                await timed_into_empty(write(), before_writing(settings, url, "json", rounds=1))
+                await timed_into_empty(write(), before_writing(db, settings, url, "json", rounds=1))
                 for _ in range(ROUNDS)
             ]
         )
