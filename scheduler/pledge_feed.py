@@ -289,6 +289,8 @@ _COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 # Pages the plain record type may refuse in a run before it is no longer tried.
 _PLAIN_REFUSALS = 3
+# Remembered pages asked at once whether they changed (a few: the source is someone's).
+_PROBES_AT_ONCE = 6
 
 # Parser states for one JSON page.
 _START, _KEY_OR_END, _KEY, _COLON, _VALUE, _AFTER_VALUE = range(6)
@@ -728,32 +730,41 @@ class Fetcher:
         A feed of several pages is unchanged when every page is: the first page is asked
         with its validators, and if it answers 304, so is each later page remembered from
         the last run (each page's body holds the link to the next, so unchanged pages mean
-        an unchanged chain). The first later page that has changed ends the asking, and the
-        feed is read again in full.
+        an unchanged chain), a few at a time. The first later page that has changed ends
+        the asking, and the feed is read again in full.
         """
         return await self._read_all(bool(self.target.etag or self.target.last_modified))
 
     async def _later_pages_unchanged(self) -> bool:
         """Whether every remembered page after the first answers 304.
 
-        A page the server no longer has (a 4xx: gone, not found, refused) is not known to
-        be unchanged: the feed is read again from page 1, whose links lead wherever the
-        pages are now (a remembered link may be a cursor the server has since let go).
-        Trouble that passes (timeouts, 5xx, 429) fails the run as on any page.
+        The pages are asked _PROBES_AT_ONCE at a time (a hundred pages one after the other
+        cost a round trip each), and judged in page order: the first that is not a 304
+        decides. A page the server no longer has (a 4xx: gone, not found, refused) is not
+        known to be unchanged: the feed is read again from page 1, whose links lead
+        wherever the pages are now (a remembered link may be a cursor the server has since
+        let go). Trouble that passes (timeouts, 5xx, 429) fails the run as on any page.
         """
-        for number, (url, etag, last_modified) in enumerate(self.target.next_pages, start=2):
-            try:
-                page = await self._with_retries(
-                    url, _conditional(etag, last_modified), number, read=self._probe
-                )
-            except FeedError as exc:
-                status = exc.http_status or 0
-                if not 400 <= status < 500 or status == 429 or exc.retry_after is not None:
-                    raise  # trouble that a full read would meet again (and retry again)
-                log.info("feed %s: %s; reading it in full", self.target.name, exc.reason)
-                return False
-            if not page.not_modified:
-                return False
+        pages = list(enumerate(self.target.next_pages, start=2))
+        for at in range(0, len(pages), _PROBES_AT_ONCE):
+            answers = await asyncio.gather(
+                *(
+                    self._with_retries(url, _conditional(etag, modified), number, self._probe)
+                    for number, (url, etag, modified) in pages[at : at + _PROBES_AT_ONCE]
+                ),
+                return_exceptions=True,
+            )
+            for answer in answers:
+                if isinstance(answer, FeedError):
+                    status = answer.http_status or 0
+                    if not 400 <= status < 500 or status == 429 or answer.retry_after is not None:
+                        raise answer  # trouble that a full read would meet again
+                    log.info("feed %s: %s; reading it in full", self.target.name, answer.reason)
+                    return False
+                if isinstance(answer, BaseException):
+                    raise answer
+                if not answer.not_modified:
+                    return False
         return True
 
     async def _read_all(self, conditional: bool) -> Fetched:

@@ -131,6 +131,8 @@ class State:
     csv_columns: tuple[str, ...] = CSV_COLUMNS
     faults: list[Fault] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0  # requests being answered at once, at most (``forget`` resets)
     cache: dict[tuple[str, int, int], bytes] = field(default_factory=dict)
     etags: dict[tuple[str, int, int], str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -188,6 +190,7 @@ class FeedServer:
     def forget(self) -> None:
         with self.state.lock:
             self.state.seen.clear()
+            self.state.most_in_flight = 0
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -203,6 +206,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        state = self.shared
+        with state.lock:
+            state.in_flight += 1
+            state.most_in_flight = max(state.most_in_flight, state.in_flight)
+        try:
+            self._answer()
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _answer(self) -> None:
         state = self.shared
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
