@@ -740,31 +740,37 @@ class Fetcher:
 
         The pages are asked _PROBES_AT_ONCE at a time (a hundred pages one after the other
         cost a round trip each), and judged in page order: the first that is not a 304
-        decides. A page the server no longer has (a 4xx: gone, not found, refused) is not
-        known to be unchanged: the feed is read again from page 1, whose links lead
-        wherever the pages are now (a remembered link may be a cursor the server has since
-        let go). Trouble that passes (timeouts, 5xx, 429) fails the run as on any page.
+        decides, and the asking of the pages after it (a retry's wait too) is given up.
+
+        A page the server no longer has (a 4xx: gone, not found, refused) is not known to
+        be unchanged: the feed is read again from page 1, whose links lead wherever the
+        pages are now (a remembered link may be a cursor the server has since let go).
+        Trouble that passes (timeouts, 5xx, 429) fails the run as on any page.
         """
         pages = list(enumerate(self.target.next_pages, start=2))
         for at in range(0, len(pages), _PROBES_AT_ONCE):
-            answers = await asyncio.gather(
-                *(
+            probes = [
+                asyncio.ensure_future(
                     self._with_retries(url, _conditional(etag, modified), number, self._probe)
-                    for number, (url, etag, modified) in pages[at : at + _PROBES_AT_ONCE]
-                ),
-                return_exceptions=True,
-            )
-            for answer in answers:
-                if isinstance(answer, FeedError):
-                    status = answer.http_status or 0
-                    if not 400 <= status < 500 or status == 429 or answer.retry_after is not None:
-                        raise answer  # trouble that a full read would meet again
-                    log.info("feed %s: %s; reading it in full", self.target.name, answer.reason)
-                    return False
-                if isinstance(answer, BaseException):
-                    raise answer
-                if not answer.not_modified:
-                    return False
+                )
+                for number, (url, etag, modified) in pages[at : at + _PROBES_AT_ONCE]
+            ]
+            try:
+                for probe in probes:  # as soon as a page decides, the later ones are let go
+                    try:
+                        page = await probe
+                    except FeedError as exc:
+                        status = exc.http_status or 0
+                        if not 400 <= status < 500 or status == 429 or exc.retry_after is not None:
+                            raise  # trouble that a full read would meet again
+                        log.info("feed %s: %s; reading it in full", self.target.name, exc.reason)
+                        return False
+                    if not page.not_modified:
+                        return False
+            finally:
+                for probe in probes:
+                    probe.cancel()
+                await asyncio.gather(*probes, return_exceptions=True)
         return True
 
     async def _read_all(self, conditional: bool) -> Fetched:

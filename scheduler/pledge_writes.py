@@ -704,7 +704,8 @@ class _Memo:
         missing = set(values).difference(kept)
         if missing:
             if len(kept) + len(missing) > _KEPT:
-                kept.clear()
+                kept.clear()  # and this call's values are all converted again
+                missing = set(values)
             for value in missing:
                 kept[value] = self.convert(value)
         return list(map(kept.__getitem__, values))

@@ -513,7 +513,10 @@ def _instant(value: Any, key: str, now: datetime) -> datetime | None:
         raise BadRecord(f"{key}: {text[:40]!r} is not an ISO 8601 date or date-time") from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise BadRecord(f"{key}: {text[:40]!r} needs a UTC offset, e.g. 2026-05-05T10:00:00Z")
-    parsed = parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 moved past the calendar's ends
+        raise BadRecord(f"{key}: {text[:40]!r} is out of range") from None
     if parsed < EARLIEST:
         raise BadRecord(f"{key}: before 1900")
     if parsed > now + FUTURE_SLACK:
@@ -531,7 +534,10 @@ def _common_instant(value: str, now: datetime) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(value)
     if parsed.tzinfo is not UTC:  # "Z" and "+00:00" come as UTC itself
-        parsed = parsed.astimezone(UTC)
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(value) from None
     if not EARLIEST <= parsed <= now + FUTURE_SLACK:
         raise ValueError(value)
     return parsed

@@ -482,12 +482,12 @@ async def test_many_pledges_go_many_to_a_statement_in_feed_order(
         assert await objective_masks(db) == {r["id"]: r["objectives"] for r in records}
 
         edited = [
-            pledge(i, title=f"Edited {i}") if i % 3 == 0 else pledge(i)
+            pledge(i, title=f"Edited {i}") if i % 3 else pledge(i)
             for i in range(10, 1200)  # 0-9 gone, 1000-1199 new
         ]
-        server.set_records(edited)
+        server.set_records(edited)  # the last page's 260 changes: statements of 200 and 60
         again = await sync(db, many, feed_id)
-        assert counts(again) == (200, 330, 660, 10, 0)
+        assert counts(again) == (200, 660, 330, 10, 0)
         stored = await pledges_by_id(db)
         assert {r["id"]: r["title"] for r in edited} == {
             sid: p.title for sid, p in stored.items() if p.withdrawn_at is None

@@ -7,6 +7,7 @@ allow-list and redirect rule, schedules, and retry timing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
@@ -28,9 +29,11 @@ from scheduler.pledge_feed import (
     CsvReader,
     FeedClient,
     FeedError,
+    Fetcher,
     FetchPolicy,
     JsonPageReader,
     MalformedBody,
+    Retryable,
     retry_after_seconds,
     retry_delay,
 )
@@ -825,3 +828,81 @@ def test_the_plain_path_never_accepts_what_the_record_checks_judge_otherwise(
         got = plain_or_none(one)
         if got is not None:
             assert got == record_by_record(one)
+
+
+def test_remembered_and_new_values_together_at_the_cap() -> None:
+    """A call that passes the cap while some of its values are remembered: all of them
+    still come back converted (the memory starts again with this call's values)."""
+    memo = _Memo(str)
+    assert memo.each(list(range(10_000))) == [str(n) for n in range(10_000)]
+    assert memo.each([0, 10_000, 0]) == ["0", "10000", "0"]
+    assert set(memo.kept) == {0, 10_000}
+
+
+def test_times_past_the_calendars_ends_are_refused_not_a_crash() -> None:
+    """Year 1 an hour east of UTC is in year 0 in UTC, which datetime cannot hold."""
+    for text, reason in (
+        ("0001-01-01T00:00:00+01:00", "submitted_at: '0001-01-01T00:00:00+01:00' is out of range"),
+        ("9999-12-31T23:30:00-01:00", "submitted_at: '9999-12-31T23:30:00-01:00' is out of range"),
+    ):
+        assert refused(pledge(1, submitted_at=text)).reason == reason
+        assert plain_or_none([pledge(1, submitted_at=text)]) is None
+
+
+def test_adding_a_page_at_once_is_adding_each_record(tmp_path: Any) -> None:
+    """Duplicates within the page, or of an earlier page: the record by record way."""
+    pages = [
+        [valid(pledge(i)) for i in range(3)],
+        [valid(pledge(3)), valid(pledge(4, title="Twice")), valid(pledge(4))],
+        [valid(pledge(5)), valid(pledge(1, title="Again"))],
+    ]
+    at_once = Stager(tmp_path, batch_size=100, form=FORM)
+    one_by_one = Stager(tmp_path, batch_size=100, form=FORM)
+    try:
+        for page in pages:
+            at_once.add_all(page)
+            for record in page:
+                one_by_one.add(record)
+        for stager in (at_once, one_by_one):
+            assert (stager.good, stager.bad, sorted(stager.seen())) == (
+                6,
+                2,
+                [f"P-{i:06d}" for i in range(6)],
+            )
+        assert at_once._good == one_by_one._good and at_once._bad == one_by_one._bad
+        assert [q.position for q in at_once._bad] == [6, 8]  # where each stood
+    finally:
+        at_once.close()
+        one_by_one.close()
+
+
+async def test_the_page_that_decides_lets_go_of_the_pages_asked_beside_it(tmp_path: Any) -> None:
+    """Page 2 is gone (410) while page 3, asked beside it, waits out a Retry-After: page 2
+    decides (the feed is read in full) and page 3's wait is given up, not waited out."""
+    page_3_waits = asyncio.Event()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        page_3_waits.set()
+        await asyncio.Event().wait()  # until given up
+
+    class Probed(Fetcher):
+        async def _probe(self, url: str, headers: dict[str, str]) -> Any:
+            if url.endswith("=2"):
+                await page_3_waits.wait()
+                raise FeedError("HTTP 410 Gone", http_status=410)
+            raise Retryable("HTTP 503", http_status=503, retry_after=2.0)
+
+    later = tuple((f"https://example.org/f?page={n}", f"e{n}", "") for n in (2, 3))
+    target = FeedTarget(7, 3, "feed", "https://example.org/f", "json", {}, "", "", "e1", "", later)
+    client = FeedClient(FetchPolicy(ALLOWED))
+    stager = Stager(tmp_path, batch_size=10, form=FORM)
+    try:
+        fetcher = Probed(client, target, stager, NOW, sleep=sleep)
+        async with asyncio.timeout(10):
+            assert await fetcher._later_pages_unchanged() is False
+        assert waits == [2.0]
+    finally:
+        stager.close()
+        await client.aclose()
