@@ -400,9 +400,9 @@ class _Writes:
     the first sync).
 
     The table and column names in the SQL text are the model's own, every value is a
-    parameter. A row the run writes gets
-    ``last_seen_at`` = the run's mark (and a new one ``first_seen_at`` too): that is how
-    the statements after the upsert find this run's rows without sending their ids back.
+    parameter. A row the run writes gets ``last_seen_at`` = the run's mark (and a new one
+    ``first_seen_at`` too): that is how the statements after the upsert find this run's
+    rows without sending their ids back.
     """
 
     def __init__(self, conn: AsyncConnection, target: FeedTarget, form: RowForm) -> None:
