@@ -165,7 +165,8 @@ async def test_a_paged_feed_is_read_whole_then_kept_in_step(
     server.forget()
     again = await sync(db, settings, feed_id)
     assert (again.outcome, again.http_status, counts(again)) == ("not_modified", 304, (0,) * 5)
-    assert [s.query.get("page", "1") for s in server.seen] == ["1", "2", "3"]
+    asked = [s.query.get("page", "1") for s in server.seen]
+    assert asked[0] == "1" and sorted(asked[1:]) == ["2", "3"]  # the later ones at once
     assert all("if-none-match" in s.headers for s in server.seen)
 
     changed = [r for r in RECORDS if r["id"] != "P-000002"]
