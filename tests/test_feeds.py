@@ -246,8 +246,8 @@ async def test_a_remembered_page_that_cannot_be_asked_means_a_full_read(
     run = await sync(db, settings, feed_id)
     assert (run.outcome, counts(run)) == ("success", (0, 0, 12, 0, 0)), run.error
     asked = [(s.query.get("page", "1"), "if-none-match" in s.headers) for s in server.seen]
-    assert asked[0] == ("1", True) and sorted(asked[1:3]) == [("2", True), ("3", True)]
-    assert asked[3:] == [("1", False), ("2", False), ("3", False)]
+    assert asked[0] == ("1", True) and ("2", True) in asked  # 3, asked beside 2, may be let go
+    assert [a for a in asked if not a[1]] == [("1", False), ("2", False), ("3", False)]
     server.forget()
     assert (await sync(db, settings, feed_id)).outcome == "not_modified"
     assert sorted(s.query.get("page", "1") for s in server.seen) == ["1", "2", "3"]
@@ -259,7 +259,7 @@ async def test_a_remembered_page_that_cannot_be_asked_means_a_full_read(
     run = await sync(db, settings, feed_id)
     assert (run.outcome, run.error) == ("failed", "page 2: HTTP 503 (gave up after 3 attempts)")
     seen = [s.query.get("page", "1") for s in server.seen]
-    assert seen[0] == "1" and sorted(seen[1:]) == ["2", "2", "2", "3"]  # 3 asked beside 2
+    assert seen[0] == "1" and seen.count("2") == 3 and set(seen[1:]) <= {"2", "3"}
     assert await snapshot(db) == before
 
 
