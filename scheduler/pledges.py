@@ -161,11 +161,19 @@ def record_type(paths: FieldPaths) -> type[msgspec.Struct] | None:
     Every field is Any: whatever JSON value a field holds comes out as it would from
     ``json``, and validation stays the one judge of it.
     """
+    return _feed_struct("FeedRecord", [(key, Any, None) for key in FIELD_NAMES], paths)
+
+
+def _feed_struct(
+    name: str, fields: list[tuple[str, Any, Any]], paths: FieldPaths
+) -> type[msgspec.Struct] | None:
+    """A struct of the canonical fields (in FIELD_NAMES order) under the source's names;
+    None when a name is dotted or used twice (such records are read as mappings)."""
     if paths.flat is None or len(set(paths.flat)) < len(paths.flat):
         return None
     return msgspec.defstruct(
-        "FeedRecord",
-        [(key, Any, None) for key in FIELD_NAMES],
+        name,
+        fields,
         rename=dict(zip(FIELD_NAMES, paths.flat, strict=True)),
         kw_only=True,
         gc=False,
@@ -202,15 +210,7 @@ def plain_record_type(paths: FieldPaths) -> type[msgspec.Struct] | None:
     as text): msgspec checks all that while it reads, and ``validate_plain`` does the
     rest for a whole page at once. Anything else makes the read fail, and the page is
     read with ``record_type`` and checked record by record, as before."""
-    if paths.flat is None or len(set(paths.flat)) < len(paths.flat):
-        return None
-    return msgspec.defstruct(
-        "PlainFeedRecord",
-        list(_PLAIN_FIELDS),
-        rename=dict(zip(FIELD_NAMES, paths.flat, strict=True)),
-        kw_only=True,
-        gc=False,
-    )
+    return _feed_struct("PlainFeedRecord", list(_PLAIN_FIELDS), paths)
 
 
 def _lookup(raw: Mapping[str, Any], path: tuple[str, ...]) -> Any:
