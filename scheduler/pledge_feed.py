@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import httpx
@@ -47,6 +48,7 @@ from scheduler.pledge_writes import (
     Stager,
     any_stored,
     apply_staged,
+    collector_paused,
     enqueue_digest,
     prune_runs,
     quarantined_json,
@@ -900,28 +902,29 @@ class Fetcher:
                         if held <= self.policy.max_record_bytes:
                             continue
                         text, whole = "".join(whole), None
-                    await self._take(reader.feed(text))
+                    await self._take(partial(reader.feed, text))
                 if size == 0:
                     raise FeedError("the body is empty", http_status=status)
                 tail = decoder.decode(b"", final=True)
                 if whole is not None and isinstance(reader, JsonPageReader):
                     page = "".join(whole) + tail
-                    records = reader.read(page)
+                    records = self._read_whole(reader, page)
                     if reader.refused_type:
                         self._record_type = self._plain_type = None
 
                     def untyped() -> list[Any]:
                         return JsonPageReader(self.policy.max_record_bytes).read(page)
 
-                    if reader.plain and self._take_plain(records):
+                    if records is None:
                         await self._after_taking()
                     else:
                         if reader.plain or reader.refused_plain:
                             self._plain_refused()
-                        await self._take(records, untyped if reader.typed else None)
+                        taken = records
+                        await self._take(lambda: taken, untyped if reader.typed else None)
                 else:
-                    await self._take(reader.feed(tail))
-                    await self._take(reader.close())
+                    await self._take(partial(reader.feed, tail))
+                    await self._take(reader.close)
                 next_url = (
                     reader.next_url(final_url) if isinstance(reader, JsonPageReader) else None
                 )
@@ -965,6 +968,15 @@ class Fetcher:
             info = codecs.lookup("utf-8-sig")
         return info.incrementaldecoder("strict")
 
+    def _read_whole(self, reader: JsonPageReader, page: str) -> list[Any] | None:
+        """A whole page's records; None when they were all taken at once (read into the
+        plain type, validated and staged, in one pause of the collector)."""
+        with collector_paused():
+            records = reader.read(page)
+            if reader.plain and self._take_plain(records):
+                return None
+            return records
+
     def _take_plain(self, rows: list[Any]) -> bool:
         """A page read into the plain type, validated at once and staged; False when some
         record needs the record-by-record checks (then nothing of it is staged)."""
@@ -986,9 +998,19 @@ class Fetcher:
             await self.stager.flush()
         self._report()
 
-    async def _take(self, rows: list[Any], untyped: Callable[[], list[Any]] | None = None) -> None:
-        """Validate and stage records; ``untyped``: the same page read as plain JSON objects
-        (given when ``rows`` were read into the record type)."""
+    async def _take(
+        self, read: Callable[[], list[Any]], untyped: Callable[[], list[Any]] | None = None
+    ) -> None:
+        """Validate and stage the records ``read`` gives, read and checked in one pause of
+        the collector; ``untyped``: the same page read as plain JSON objects (given when
+        the records were read into the record type)."""
+        with collector_paused():
+            taken = self._stage(read(), untyped)
+        if taken:
+            await self._after_taking()
+
+    def _stage(self, rows: list[Any], untyped: Callable[[], list[Any]] | None) -> bool:
+        """``_take``'s checks: whether there were any records."""
         stager = self.stager
         now = self.now
         paths = self.paths
@@ -1023,8 +1045,7 @@ class Fetcher:
                 stager.add_bad(
                     Quarantined(position, exc.source_id, exc.reason, quarantined_json(raw))
                 )
-        if rows:
-            await self._after_taking()
+        return bool(rows)
 
     def _report(self, force: bool = False) -> None:
         self.progress.records = self.stager.records

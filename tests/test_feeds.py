@@ -8,6 +8,7 @@ server's records are changed, so a half-applied run would show.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from scheduler.models import (
     utc_now,
 )
 from scheduler.pledge_feed import FeedRunner
+from scheduler.pledge_writes import collector_paused
 from scheduler.pledges import field_paths, objectives_in, validate_record
 from scheduler.settings import Settings
 from tests.conftest import base_settings
@@ -65,6 +67,32 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     database = open_database(settings)
     yield database
     await database.dispose()
+
+
+@pytest.fixture(autouse=True)
+def collector_left_running() -> Iterator[None]:
+    """Runs pause the cyclic garbage collector while they read a page or a batch
+    (pledge_writes.collector_paused): whatever the runs of a test meet, failures too, it
+    runs again afterwards."""
+    assert gc.isenabled()
+    yield
+    assert gc.isenabled(), "a run left the garbage collector paused"
+
+
+def test_the_collector_pause_ends_as_it_began() -> None:
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), collector_paused():
+        1 / 0  # noqa: B018
+    assert gc.isenabled()
+    gc.disable()  # paused by someone else: a pause inside leaves it so
+    try:
+        with collector_paused(), collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.fixture
