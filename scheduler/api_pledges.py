@@ -24,6 +24,7 @@ from scheduler import pledges as svc
 from scheduler.answer_cache import PLEDGES, AnswerCache, cached_answer, cached_response
 from scheduler.database import Database
 from scheduler.errors import NotFound, documented
+from scheduler.gc_pause import collector_paused
 from scheduler.models import Pledge
 
 PledgeType = Literal["single", "common", "partnership", "matching"]
@@ -225,11 +226,12 @@ class PledgeController(Controller):
             writer = csv.writer(buffer)
             writer.writerow(svc.CSV_COLUMNS)
             async with db.reader() as session:
-                result = await session.stream(
-                    svc.csv_query(flt).execution_options(yield_per=_CSV_BATCH)
-                )
+                query = svc.csv_query(flt, db.writer_engine.dialect.name)
+                result = await session.stream(query.execution_options(yield_per=_CSV_BATCH))
                 async for batch in result.partitions(_CSV_BATCH):
-                    writer.writerows(svc.csv_cells(row) for row in batch)
+                    with collector_paused():  # the batch's cells: many lists, soon let go
+                        writer.writerows(map(svc.csv_cells, batch))
+                        del batch
                     yield buffer.getvalue().encode()
                     buffer.seek(0)
                     buffer.truncate()

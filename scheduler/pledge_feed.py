@@ -40,6 +40,7 @@ from scheduler.clock import Clock
 from scheduler.database import Database
 from scheduler.errors import NotFound
 from scheduler.feeds import Busy, Claim, FeedTarget
+from scheduler.gc_pause import collector_paused
 from scheduler.models import Feed, FeedRun, utc_now
 from scheduler.pledge_writes import (
     Counts,
@@ -48,7 +49,6 @@ from scheduler.pledge_writes import (
     Stager,
     any_stored,
     apply_staged,
-    collector_paused,
     enqueue_digest,
     prune_runs,
     quarantined_json,

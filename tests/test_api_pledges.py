@@ -13,7 +13,7 @@ import io
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -467,6 +467,18 @@ async def test_csv_export_streams_every_pledge_safely(api: Api, server: FeedServ
     assert by_id["P-000010"]["title"] == "'" + FORMULA  # a spreadsheet shows it, never runs it
     assert by_id["P-000012"]["objectives"] == ";".join(map(str, canonical[12].objectives))
     assert by_id["P-000012"]["withdrawn_at"] == ""
+    # Times in UTC with their offset, as the datetimes give them (SQLite: from the text stored).
+    for p in canonical[5:]:
+        row = by_id[p.source_id]
+        for column in ("submitted_at", "source_updated_at"):
+            when = getattr(p, column)
+            assert row[column] == ("" if when is None else when.astimezone(UTC).isoformat())
+    seen = {i["source_id"]: i for i in (await listed(api))["items"]}
+    for column in ("first_seen_at", "last_seen_at"):
+        assert {row[column] for row in rows} == {
+            datetime.fromisoformat(seen[sid][column]).isoformat() for sid in by_id
+        }
+        assert all(row[column].endswith("+00:00") for row in rows)
     filtered = await api.client.get("/api/pledges/export.csv", params={"form": "process"})
     kept = [p.source_id for p in canonical[5:] if p.form == "process"]
     assert [row["source_id"] for row in csv.DictReader(io.StringIO(filtered.text))] == kept

@@ -26,6 +26,7 @@ from scheduler import feeds
 from scheduler.app import create_app
 from scheduler.database import Database, open_database
 from scheduler.feeds import Busy, FeedCreate
+from scheduler.gc_pause import collector_paused
 from scheduler.models import (
     Feed,
     FeedRun,
@@ -38,7 +39,6 @@ from scheduler.models import (
     utc_now,
 )
 from scheduler.pledge_feed import FeedRunner
-from scheduler.pledge_writes import collector_paused
 from scheduler.pledges import field_paths, objectives_in, validate_record
 from scheduler.settings import Settings
 from tests.conftest import base_settings
@@ -72,7 +72,7 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 @pytest.fixture(autouse=True)
 def collector_left_running() -> Iterator[None]:
     """Runs pause the cyclic garbage collector while they read a page or a batch
-    (pledge_writes.collector_paused): whatever the runs of a test meet, failures too, it
+    (gc_pause.collector_paused): whatever the runs of a test meet, failures too, it
     runs again afterwards."""
     assert gc.isenabled()
     yield

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import sqlite
 from scheduler import feeds
 from scheduler.errors import Invalid
 from scheduler.feeds import FeedTarget
+from scheduler.models import Pledge
 from scheduler.pledge_feed import (
     BadRow,
     CsvReader,
@@ -294,6 +295,33 @@ def test_csv_cells_cannot_become_formulas() -> None:
         "2026-05-12T14:00:00+00:00",
     ]
     assert len(row) == len(CSV_COLUMNS)
+
+
+def test_time_cells_from_stored_text_are_those_of_the_times() -> None:
+    """On SQLite the export reads times as the text stored (csv_query): each cell is the
+    one the datetime itself gives, microseconds or none, however often it is asked."""
+    dialect = sqlite.dialect()
+    stored_as = Pledge.__table__.c.submitted_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert stored_as is not None
+    times = [
+        datetime(2026, 5, 12, 14, 0, tzinfo=UTC),
+        datetime(2026, 5, 12, 14, 0, 0, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+    ]
+    for when in times:
+        stored = stored_as(when)  # the text SQLAlchemy writes
+        for _ in range(2):  # computed, then remembered
+            assert csv_cells_at(stored) == csv_cells_at(when) == when.isoformat()
+    with pytest.raises(ValueError, match="a stored time that is not one"):
+        csv_cells_at("not a time")
+
+
+def csv_cells_at(when: datetime | str) -> str:
+    """The ``submitted_at`` cell of a row with that time."""
+    row: list[Any] = [1, 1, 1, "id", "t", "n", "stakeholder", None, "", "single", None]
+    row += ["policy", 0, "", when, None, "", None, when, when]
+    return csv_cells(row)[CSV_COLUMNS.index("submitted_at")]
 
 
 # --- The JSON reader ----------------------------------------------------------------------

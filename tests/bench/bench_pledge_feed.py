@@ -52,6 +52,7 @@ from scheduler import pledges as dashboards
 from scheduler.app import create_app
 from scheduler.database import Database, open_database
 from scheduler.feeds import FeedCreate, FeedTarget
+from scheduler.gc_pause import collector_paused
 from scheduler.models import Pledge, Process, utc_now
 from scheduler.pledge_feed import FeedClient, FeedRunner, Fetcher, FetchPolicy, Progress
 from scheduler.pledge_writes import RowForm, Stager
@@ -351,13 +352,14 @@ async def dashboards_on(db: Database, process_id: int) -> None:
 
     async def export() -> None:
         async with db.reader() as session:
-            result = await session.stream(
-                dashboards.csv_query(flt).execution_options(yield_per=1000)
-            )
+            query = dashboards.csv_query(flt, db.writer_engine.dialect.name)
+            result = await session.stream(query.execution_options(yield_per=1000))
             out = io.StringIO()
             writer = csv.writer(out)
-            async for batch in result.partitions(1000):
-                writer.writerows(dashboards.csv_cells(row) for row in batch)
+            async for batch in result.partitions(1000):  # as the route writes them
+                with collector_paused():
+                    writer.writerows(map(dashboards.csv_cells, batch))
+                    del batch
                 out.seek(0)
                 out.truncate()
 
