@@ -22,7 +22,16 @@ from typing import Annotated, Any, Literal
 
 import iso3166
 import msgspec
-from sqlalchemy import ColumnElement, Select, String, func, select, tuple_, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Select,
+    String,
+    func,
+    select,
+    tuple_,
+    type_coerce,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduler.csv_safety import csv_safe
@@ -766,15 +775,15 @@ _CELLS = tuple(cell for _, cell in _CSV.values())
 def csv_query(flt: PledgeFilter, dialect: str) -> Select[Any]:
     """The CSV columns as plain rows (no ORM objects: an export may hold every pledge).
 
-    On SQLite the times come as the text stored, not parsed into datetimes first: their
-    cells are made from that text (a 100,000-pledge export spent 1.1 s of 2.7 s parsing and
-    formatting its 500,000 times).
+    The times skip the model's own conversion (its cells are made once per distinct
+    time): on SQLite they come as the text stored, not parsed into datetimes first (a
+    100,000-pledge export spent 1.1 s of 2.7 s parsing and formatting its 500,000 times);
+    on PostgreSQL as the driver's aware datetimes.
     """
     table = Pledge.__table__.c
+    as_read = String() if dialect == "sqlite" else DateTime(timezone=True)
     columns = (
-        type_coerce(table[source], String)
-        if dialect == "sqlite" and cell is _time_cell
-        else table[source]
+        type_coerce(table[source], as_read) if cell is _time_cell else table[source]
         for source, cell in _CSV.values()
     )
     return select(*columns).where(*where(flt)).order_by(Pledge.id)
