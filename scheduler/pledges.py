@@ -705,23 +705,17 @@ def _plain_cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-_TIME_CELLS: dict[datetime | str, str] = {}
-
-
 def _time_cell(value: datetime | str | None) -> str:
-    """ISO 8601 in UTC, from the datetime, or (SQLite, ``csv_query``) the text stored.
+    """ISO 8601 in UTC, from the datetime, or (SQLite, ``csv_query``) the text stored."""
+    return "" if value is None else _iso_time(value)
 
-    Pledges share their times (a run's mark, a feed's batch dates): each is formatted once.
-    """
-    if value is None:
-        return ""
-    cell = _TIME_CELLS.get(value)
-    if cell is None:
-        when = value if isinstance(value, datetime) else _stored_time(value)
-        cell = when.astimezone(UTC).isoformat()
-        if len(_TIME_CELLS) < 10_000:
-            _TIME_CELLS[value] = cell
-    return cell
+
+@functools.lru_cache(maxsize=10_000)
+def _iso_time(value: datetime | str) -> str:
+    """Pledges share their times (a run's mark, a feed's batch dates): each is formatted
+    once."""
+    when = value if isinstance(value, datetime) else _stored_time(value)
+    return when.astimezone(UTC).isoformat()
 
 
 def _stored_time(text: str) -> datetime:
